@@ -1,0 +1,69 @@
+/** Flags shared by several commands, and the one place they turn into a Config and an Engine. */
+import type { ArgsDef } from "citty";
+import { CHAT_TEMPLATES, GPU_MODES, loadConfig, type ChatTemplateName, type Config, type GpuMode } from "../config.ts";
+import { Engine } from "../engine/engine.ts";
+import { ModelRegistry } from "../engine/registry.ts";
+import { UsageError } from "../errors.ts";
+import { setLogLevel } from "../log.ts";
+
+export const modelArgs = {
+  "model-path": { type: "string", description: "Serve this .gguf file (under its file-stem name)", valueHint: "FILE" },
+  "model-dirs": { type: "string", description: "Extra directories to scan for *.gguf, comma separated (also SHIMMY_MODEL_PATHS)", valueHint: "DIRS" },
+  lora: { type: "string", description: "LoRA adapter .gguf applied to SHIMMY_BASE_GGUF / --model-path (also SHIMMY_LORA_GGUF)", valueHint: "FILE" },
+} satisfies ArgsDef;
+
+export const runtimeArgs = {
+  threads: { type: "string", description: "llama.cpp threads (default: physical cores; SHIMMY_THREADS)", valueHint: "N" },
+  "ctx-size": { type: "string", description: "Context size in tokens, capped by the model's (default 4096; SHIMMY_CTX_SIZE)", valueHint: "N" },
+  gpu: { type: "enum", options: [...GPU_MODES], description: "GPU backend: auto | cpu | cuda | vulkan | metal (default auto; SHIMMY_GPU)" },
+  "chat-template": { type: "enum", options: [...CHAT_TEMPLATES], description: "Chat template: auto (the GGUF's own) | chatml | llama3 | openchat (SHIMMY_CHAT_TEMPLATE)" },
+  verbose: { type: "boolean", description: "Log llama.cpp and load details to stderr (SHIMMY_LOG=debug)" },
+} satisfies ArgsDef;
+
+type Flags = Record<string, unknown>;
+
+/** Config from env + flags; range errors become UsageError (exit 1). */
+export function configFrom(args: Flags): Config {
+  const str = (k: string) => (typeof args[k] === "string" ? (args[k] as string) : undefined);
+  try {
+    const modelPath = str("model-path");
+    const lora = str("lora");
+    const config = loadConfig({
+      bind: str("bind"),
+      modelPath: lora && modelPath ? undefined : modelPath,
+      baseGguf: lora && modelPath ? modelPath : undefined,
+      loraGguf: lora,
+      modelDirs: str("model-dirs")?.split(",").map((s) => s.trim()).filter(Boolean),
+      threads: str("threads"),
+      ctxSize: str("ctx-size"),
+      gpu: str("gpu") as GpuMode | undefined,
+      chatTemplate: str("chat-template") as ChatTemplateName | undefined,
+      logLevel: args.verbose === true ? "debug" : undefined,
+    });
+    setLogLevel(config.logLevel);
+    return config;
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}
+
+export function engineFrom(config: Config): Engine {
+  const registry = new ModelRegistry(config);
+  return new Engine(registry, { gpu: config.gpu, threads: config.threads, ctxSize: config.ctxSize, chatTemplate: config.chatTemplate });
+}
+
+/** Parses an optional integer flag with a range; throws UsageError naming the flag. */
+export function intFlag(name: string, raw: unknown, min: number, max: number): number | undefined {
+  if (raw === undefined || raw === "") return undefined;
+  const n = Number(raw);
+  if (typeof raw !== "string" || !Number.isInteger(n) || n < min || n > max) throw new UsageError(`--${name} must be an integer from ${min} to ${max}, got '${raw}'`);
+  return n;
+}
+
+/** Parses an optional number flag with a range; throws UsageError naming the flag. */
+export function numFlag(name: string, raw: unknown, min: number, max: number): number | undefined {
+  if (raw === undefined || raw === "") return undefined;
+  const n = Number(raw);
+  if (typeof raw !== "string" || !Number.isFinite(n) || n < min || n > max) throw new UsageError(`--${name} must be a number from ${min} to ${max}, got '${raw}'`);
+  return n;
+}

@@ -1,0 +1,72 @@
+import { defineCommand } from "citty";
+import { UsageError } from "../../errors.ts";
+import type { GenerateOptions } from "../../engine/types.ts";
+import { wireTimings } from "../../server/http.ts";
+import { configFrom, engineFrom, intFlag, modelArgs, numFlag, runtimeArgs } from "../args.ts";
+
+/** Reads all of stdin as UTF-8 (empty when stdin is a terminal). */
+async function readStdin(): Promise<string> {
+  if (process.stdin.isTTY) return "";
+  return await Bun.stdin.text();
+}
+
+export default defineCommand({
+  meta: { name: "generate", description: "Generate text from a prompt (--prompt or stdin); tokens go to stdout as they arrive" },
+  args: {
+    name: { type: "positional", description: "Model name (see `shimmy list`)", required: true },
+    prompt: { type: "string", description: "Prompt text (default: read stdin)", valueHint: "TEXT" },
+    system: { type: "string", description: "System prompt", valueHint: "TEXT" },
+    raw: { type: "boolean", description: "Send the prompt as raw completion text, without the chat template" },
+    "max-tokens": { type: "string", description: "Tokens to generate at most (default: until the model stops or the context is full)", valueHint: "N" },
+    temperature: { type: "string", description: "Sampling temperature, 0 = greedy (default 0.8)", valueHint: "T" },
+    "top-p": { type: "string", description: "Nucleus sampling (default 0.95)", valueHint: "P" },
+    "top-k": { type: "string", description: "Top-k sampling, 0 = off (default 40)", valueHint: "K" },
+    seed: { type: "string", description: "Sampling seed (default random)", valueHint: "N" },
+    stop: { type: "string", description: "Stop sequence (repeat the flag for several)", valueHint: "TEXT" },
+    json: { type: "boolean", description: "Print one JSON object {model, text, finish_reason, timings} instead of streaming" },
+    ...modelArgs,
+    ...runtimeArgs,
+  },
+  async run({ args, rawArgs }) {
+    const config = configFrom(args);
+    const stops: string[] = [];
+    rawArgs.forEach((a, i) => {
+      if (a === "--stop" && rawArgs[i + 1] !== undefined) stops.push(rawArgs[i + 1]!);
+      else if (a.startsWith("--stop=")) stops.push(a.slice(7));
+    });
+    const opts: GenerateOptions = {
+      maxTokens: intFlag("max-tokens", args["max-tokens"], 1, 1 << 24),
+      temperature: numFlag("temperature", args.temperature, 0, 5),
+      topP: numFlag("top-p", args["top-p"], 0, 1),
+      topK: intFlag("top-k", args["top-k"], 0, 1 << 20),
+      seed: intFlag("seed", args.seed, -(2 ** 31), 2 ** 32 - 1),
+      stop: stops.length ? stops : undefined,
+    };
+    const prompt: string = typeof args.prompt === "string" ? args.prompt : (await readStdin()).replace(/\r?\n$/, "");
+    if (!prompt) throw new UsageError("no prompt: pass --prompt TEXT or pipe text on stdin");
+    if (args.raw) opts.prompt = prompt;
+    else opts.messages = [...(args.system !== undefined ? [{ role: "system" as const, content: args.system }] : []), { role: "user" as const, content: prompt }];
+
+    const engine = engineFrom(config);
+    const controller = new AbortController();
+    opts.signal = controller.signal;
+    // A closed stdout (`| head -c 10`) stops generation and ends quietly.
+    let stdoutClosed = false;
+    process.stdout.on("error", () => {
+      stdoutClosed = true;
+      controller.abort(new Error("stdout closed"));
+    });
+    const onSignal = () => controller.abort(new Error("interrupted"));
+    process.once("SIGINT", onSignal);
+    try {
+      const result = await engine.complete(args.name, opts, args.json ? undefined : (text) => {
+        if (!stdoutClosed) process.stdout.write(text);
+      });
+      if (args.json) process.stdout.write(`${JSON.stringify({ model: args.name, text: result.text, finish_reason: result.finishReason, timings: wireTimings(result.timings) })}\n`);
+      else if (!stdoutClosed && result.text && !result.text.endsWith("\n") && process.stdout.isTTY) process.stdout.write("\n");
+    } finally {
+      process.off("SIGINT", onSignal);
+      await engine.close();
+    }
+  },
+});

@@ -1,0 +1,105 @@
+/**
+ * The one place that reads environment variables. Every setting has an env var (`SHIMMY_*`) and most
+ * have a CLI flag; flags win over env, env wins over defaults.
+ */
+import { readFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+
+export type GpuMode = "auto" | "cpu" | "cuda" | "vulkan" | "metal";
+export const GPU_MODES: readonly GpuMode[] = ["auto", "cpu", "cuda", "vulkan", "metal"];
+export type ChatTemplateName = "auto" | "chatml" | "llama3" | "openchat";
+export const CHAT_TEMPLATES: readonly ChatTemplateName[] = ["auto", "chatml", "llama3", "openchat"];
+
+export interface Config {
+  /** `auto` or `HOST:PORT`. Default `auto` (127.0.0.1:11435, else first free port in 11435-11535, else ephemeral). Env `SHIMMY_BIND_ADDRESS`. */
+  bind: string;
+  /** A base model file served under its file-stem name. Env `SHIMMY_BASE_GGUF`. */
+  baseGguf?: string;
+  /** A LoRA adapter applied to the base model. Env `SHIMMY_LORA_GGUF`. */
+  loraGguf?: string;
+  /** Extra single model file (`serve --model-path`). */
+  modelPath?: string;
+  /** Directories scanned for `*.gguf`, besides `./models`. Env `SHIMMY_MODEL_PATHS` (path-delimiter separated) and `--model-dirs` (comma separated). */
+  modelDirs: string[];
+  /** llama.cpp threads. Default: physical cores. Env `SHIMMY_THREADS`. */
+  threads: number;
+  /** Context size in tokens, capped by the model's training context. Default 4096. Env `SHIMMY_CTX_SIZE`. */
+  ctxSize: number;
+  /** GPU backend: auto (use one if present, else CPU), cpu, cuda, vulkan, metal. Default auto. Env `SHIMMY_GPU`. */
+  gpu: GpuMode;
+  /** Chat template override for every model; `auto` uses the GGUF's own. Default auto. Env `SHIMMY_CHAT_TEMPLATE`. */
+  chatTemplate: ChatTemplateName;
+  /** Serve a generated random-weights demo model when no model is found. Default true. Env `SHIMMY_DEMO_MODEL=0` disables. */
+  demoModel: boolean;
+  /** Where shimmy keeps generated files (the demo model). Env `SHIMMY_CACHE_DIR`, else `$XDG_CACHE_HOME/shimmy`, else `~/.cache/shimmy`. */
+  cacheDir: string;
+  /** Log level for stderr: error | warn | info | debug. Default info. Env `SHIMMY_LOG`. */
+  logLevel: "error" | "warn" | "info" | "debug";
+}
+
+/** Counts physical cores (unique core ids per package); falls back to logical CPUs. */
+export function physicalCores(): number {
+  try {
+    const info = readFileSync("/proc/cpuinfo", "utf8");
+    const cores = new Set<string>();
+    let phys = "0";
+    for (const line of info.split("\n")) {
+      const [k, v] = line.split(":").map((s) => s?.trim());
+      if (k === "physical id") phys = v ?? "0";
+      else if (k === "core id") cores.add(`${phys}:${v}`);
+    }
+    if (cores.size > 0) return cores.size;
+  } catch {}
+  return Math.max(1, os.availableParallelism?.() ?? os.cpus().length);
+}
+
+/** Parses an integer setting and range-checks it; throws RangeError naming the setting. */
+export function parseIntSetting(name: string, raw: string | number | undefined, min: number, max: number): number | undefined {
+  if (raw === undefined || raw === "") return undefined;
+  const n = typeof raw === "number" ? raw : Number(raw.trim());
+  if (!Number.isInteger(n) || n < min || n > max) throw new RangeError(`${name} must be an integer from ${min} to ${max}, got '${raw}'`);
+  return n;
+}
+
+/** Parses a float setting and range-checks it; throws RangeError naming the setting. */
+export function parseFloatSetting(name: string, raw: string | undefined, min: number, max: number): number | undefined {
+  if (raw === undefined || raw === "") return undefined;
+  const n = Number(raw.trim());
+  if (!Number.isFinite(n) || n < min || n > max) throw new RangeError(`${name} must be a number from ${min} to ${max}, got '${raw}'`);
+  return n;
+}
+
+function oneOf<T extends string>(name: string, raw: string | undefined, allowed: readonly T[]): T | undefined {
+  if (raw === undefined || raw === "") return undefined;
+  if (!(allowed as readonly string[]).includes(raw)) throw new RangeError(`${name} must be one of ${allowed.join(", ")}, got '${raw}'`);
+  return raw as T;
+}
+
+/** Settings given on the command line; undefined means "not given". */
+export type ConfigOverrides = Partial<Omit<Config, "threads" | "ctxSize">> & { threads?: string | number; ctxSize?: string | number };
+
+/** Builds the effective config from env and CLI overrides. Throws RangeError on invalid values. */
+export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, string | undefined> = process.env): Config {
+  const envDirs = (env.SHIMMY_MODEL_PATHS ?? "").split(path.delimiter).map((s) => s.trim()).filter(Boolean);
+  return {
+    bind: overrides.bind ?? env.SHIMMY_BIND_ADDRESS ?? "auto",
+    baseGguf: overrides.baseGguf ?? (env.SHIMMY_BASE_GGUF || undefined),
+    loraGguf: overrides.loraGguf ?? (env.SHIMMY_LORA_GGUF || undefined),
+    modelPath: overrides.modelPath,
+    modelDirs: [...(overrides.modelDirs ?? []), ...envDirs],
+    threads:
+      parseIntSetting("--threads", overrides.threads, 1, 1024) ??
+      parseIntSetting("SHIMMY_THREADS", env.SHIMMY_THREADS, 1, 1024) ??
+      physicalCores(),
+    ctxSize:
+      parseIntSetting("--ctx-size", overrides.ctxSize, 16, 1 << 20) ??
+      parseIntSetting("SHIMMY_CTX_SIZE", env.SHIMMY_CTX_SIZE, 16, 1 << 20) ??
+      4096,
+    gpu: overrides.gpu ?? oneOf("SHIMMY_GPU", env.SHIMMY_GPU, GPU_MODES) ?? "auto",
+    chatTemplate: overrides.chatTemplate ?? oneOf("SHIMMY_CHAT_TEMPLATE", env.SHIMMY_CHAT_TEMPLATE, CHAT_TEMPLATES) ?? "auto",
+    demoModel: overrides.demoModel ?? !["0", "false", "no", "off"].includes((env.SHIMMY_DEMO_MODEL ?? "").toLowerCase()),
+    cacheDir: overrides.cacheDir ?? env.SHIMMY_CACHE_DIR ?? path.join(env.XDG_CACHE_HOME || path.join(os.homedir(), ".cache"), "shimmy"),
+    logLevel: overrides.logLevel ?? oneOf("SHIMMY_LOG", env.SHIMMY_LOG, ["error", "warn", "info", "debug"] as const) ?? "info",
+  };
+}

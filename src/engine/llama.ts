@@ -1,0 +1,320 @@
+/**
+ * The one door to native code: the only module that imports node-llama-cpp. Loaded lazily by the
+ * engine so that `--help`, `--version` and the server layer never load the addon.
+ */
+import {
+  ChatMLChatWrapper,
+  getLlama,
+  Llama3ChatWrapper,
+  LlamaCompletion,
+  LlamaLogLevel,
+  LlamaText,
+  readGgufFileInfo,
+  resolveChatWrapper,
+  TemplateChatWrapper,
+  type ChatHistoryItem,
+  type ChatWrapper,
+  type Llama,
+  type LlamaContext,
+  type LlamaContextSequence,
+  type LlamaModel,
+  type Token,
+} from "node-llama-cpp";
+import type { ChatTemplateName } from "../config.ts";
+import { BackendError, GenerationError, ModelLoadError, PromptTooLongError } from "../errors.ts";
+import { log } from "../log.ts";
+import type { BackendInfo, BackendOptions, ChatMessage, FinishReason, GenerateOptions, GenerateResult, ModelEntry } from "./types.ts";
+
+const LOG_TAIL = 20;
+
+/** Starts llama.cpp offline (never builds, never downloads). GPU `auto` falls back to CPU. */
+export async function openBackend(opts: BackendOptions): Promise<NativeBackend> {
+  const recent: string[] = [];
+  const logger = (level: LlamaLogLevel, message: string) => {
+    const line = message.trimEnd();
+    if (!line) return;
+    recent.push(line);
+    if (recent.length > LOG_TAIL) recent.shift();
+    if (level === LlamaLogLevel.error || level === LlamaLogLevel.fatal) log.debug(`llama.cpp: ${line}`);
+    else log.debug(`llama.cpp: ${line}`);
+  };
+  const base = { build: "never", skipDownload: true, logger, logLevel: LlamaLogLevel.warn, vramPadding: 0 } as const;
+  let llama: Llama;
+  try {
+    if (opts.gpu === "cpu") llama = await getLlama({ ...base, gpu: false });
+    else if (opts.gpu === "auto") {
+      try {
+        llama = await getLlama({ ...base, gpu: "auto" });
+      } catch (err) {
+        log.warn(`no GPU backend usable (${(err as Error).message}); using CPU`);
+        llama = await getLlama({ ...base, gpu: false });
+      }
+    } else llama = await getLlama({ ...base, gpu: opts.gpu });
+  } catch (err) {
+    throw new BackendError(`cannot start llama.cpp (${opts.gpu}): ${(err as Error).message}`, { cause: err });
+  }
+  return new NativeBackend(llama, opts, recent);
+}
+
+export class NativeBackend {
+  constructor(
+    private readonly llama: Llama,
+    readonly opts: BackendOptions,
+    private readonly recentLog: string[],
+  ) {}
+
+  info(): BackendInfo {
+    return {
+      backend: this.llama.gpu === false ? "cpu" : this.llama.gpu,
+      threads: this.opts.threads,
+      gpuOffloading: this.llama.supportsGpuOffloading,
+      llamaCppRelease: this.llama.llamaCppRelease.release,
+    };
+  }
+
+  /** Validates the file's header, loads weights, LoRA and one context. Throws ModelLoadError. */
+  async loadModel(entry: ModelEntry): Promise<NativeModel> {
+    await validateGguf(entry.path);
+    if (entry.lora) await validateGguf(entry.lora, true);
+    this.recentLog.length = 0;
+    let model: LlamaModel | undefined;
+    try {
+      model = await this.llama.loadModel({ modelPath: entry.path, gpuLayers: this.llama.gpu === false ? 0 : "auto" });
+      const contextSize = Math.max(16, Math.min(this.opts.ctxSize, model.trainContextSize || this.opts.ctxSize));
+      const context = await model.createContext({
+        contextSize,
+        sequences: 1,
+        threads: this.opts.threads,
+        ...(entry.lora ? { lora: { adapters: [{ filePath: entry.lora }] } } : {}),
+      });
+      return new NativeModel(model, context, this.opts.chatTemplate);
+    } catch (err) {
+      await model?.dispose().catch(() => {});
+      const detail = this.recentLog.filter((l) => /error|fail|invalid|unable|cannot/i.test(l)).slice(-3).join("; ");
+      throw new ModelLoadError(
+        `failed to load ${entry.lora ? `${entry.path} with LoRA ${entry.lora}` : entry.path}: ${(err as Error).message}${detail ? ` (llama.cpp: ${detail})` : ""}`,
+        { cause: err },
+      );
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.llama.dispose();
+  }
+}
+
+/**
+ * Rejects files that would abort the whole process inside llama.cpp instead of failing cleanly:
+ * a non-GGUF file, a missing attention head count, a SentencePiece vocabulary without byte tokens.
+ */
+async function validateGguf(file: string, adapter = false): Promise<void> {
+  let info;
+  try {
+    info = await readGgufFileInfo(file, { readTensorInfo: false, logWarnings: false, sourceType: "filesystem" });
+  } catch (err) {
+    throw new ModelLoadError(`${file} is not a readable GGUF file: ${(err as Error).message}`, { cause: err });
+  }
+  const md = info.metadata as Record<string, any>;
+  const arch: string | undefined = md.general?.architecture;
+  if (!arch) throw new ModelLoadError(`${file} has no general.architecture`);
+  if (adapter) {
+    if (md.general?.type !== "adapter") throw new ModelLoadError(`${file} is not a LoRA adapter (general.type is '${md.general?.type}')`);
+    return;
+  }
+  const archMd = md[arch] ?? {};
+  if (archMd.attention && archMd.attention.head_count == null) throw new ModelLoadError(`${file} lacks ${arch}.attention.head_count`);
+  if (arch === "llama" && archMd.attention == null) throw new ModelLoadError(`${file} lacks llama.attention.head_count`);
+  const tok = md.tokenizer?.ggml;
+  if (tok?.model === "llama") {
+    const tokens: string[] = tok.tokens ?? [];
+    const have = new Set(tokens);
+    for (let b = 0; b < 256; b++) {
+      const name = `<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`;
+      if (!have.has(name)) throw new ModelLoadError(`${file}: SentencePiece vocabulary lacks byte token ${name}`);
+    }
+  }
+}
+
+const OPENCHAT = () =>
+  new TemplateChatWrapper({
+    template: "{{systemPrompt}}{{history}}GPT4 Correct Assistant: {{completion}}<|end_of_turn|>",
+    historyTemplate: {
+      system: "{{message}}<|end_of_turn|>",
+      user: "GPT4 Correct User: {{message}}<|end_of_turn|>",
+      model: "GPT4 Correct Assistant: {{message}}<|end_of_turn|>",
+    },
+  });
+
+/** A FIFO of waiters for the context's sequences (slots). */
+class SlotPool {
+  private readonly free: LlamaContextSequence[] = [];
+  private readonly waiters: Array<(s: LlamaContextSequence) => void> = [];
+  constructor(context: LlamaContext) {
+    for (let i = 0; i < context.totalSequences; i++) this.free.push(context.getSequence());
+  }
+  /** Resolves with a free slot; rejects with the signal's reason if aborted while waiting. */
+  acquire(signal?: AbortSignal): Promise<LlamaContextSequence> {
+    const s = this.free.shift();
+    if (s) return Promise.resolve(s);
+    return new Promise((resolve, reject) => {
+      const waiter = (seq: LlamaContextSequence) => {
+        signal?.removeEventListener("abort", onAbort);
+        resolve(seq);
+      };
+      const onAbort = () => {
+        const i = this.waiters.indexOf(waiter);
+        if (i >= 0) this.waiters.splice(i, 1);
+        reject(signal!.reason);
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.waiters.push(waiter);
+    });
+  }
+  release(s: LlamaContextSequence): void {
+    const w = this.waiters.shift();
+    if (w) w(s);
+    else this.free.push(s);
+  }
+}
+
+export class NativeModel {
+  private readonly slots: SlotPool;
+  private autoWrapper: ChatWrapper | undefined;
+
+  constructor(
+    private readonly model: LlamaModel,
+    private readonly context: LlamaContext,
+    private readonly defaultTemplate: ChatTemplateName,
+  ) {
+    this.slots = new SlotPool(context);
+  }
+
+  get contextSize(): number {
+    return this.context.contextSize;
+  }
+
+  get trainContextSize(): number {
+    return this.model.trainContextSize;
+  }
+
+  private chatWrapper(name: ChatTemplateName): ChatWrapper {
+    switch (name) {
+      case "chatml":
+        return new ChatMLChatWrapper();
+      case "llama3":
+        return new Llama3ChatWrapper();
+      case "openchat":
+        return OPENCHAT();
+      default:
+        return (this.autoWrapper ??= resolveChatWrapper(this.model));
+    }
+  }
+
+  /** The prompt as tokens (BOS excluded: the completion prepends it) and the template's stop triggers. */
+  private renderPrompt(opts: GenerateOptions): { tokens: Token[]; triggers: LlamaText[] } {
+    const tokenizer = this.model.tokenizer;
+    if (!opts.messages?.length && opts.system === undefined) {
+      return { tokens: tokenizer(opts.prompt ?? "", false, "trimLeadingSpace"), triggers: [] };
+    }
+    const messages: ChatMessage[] = opts.messages?.length ? [...opts.messages] : [{ role: "user", content: opts.prompt ?? "" }];
+    if (opts.system !== undefined && messages[0]?.role !== "system") messages.unshift({ role: "system", content: opts.system });
+    const history: ChatHistoryItem[] = messages.map((m) =>
+      m.role === "system" ? { type: "system", text: m.content } : m.role === "user" ? { type: "user", text: m.content } : { type: "model", response: [m.content] },
+    );
+    if (history.at(-1)?.type !== "model") history.push({ type: "model", response: [] });
+    const state = this.chatWrapper(opts.chatTemplate ?? this.defaultTemplate).generateContextState({ chatHistory: history });
+    let tokens = state.contextText.tokenize(tokenizer);
+    const bos = this.model.tokens.bos;
+    while (bos != null && tokens[0] === bos) tokens = tokens.slice(1);
+    return { tokens, triggers: state.stopGenerationTriggers };
+  }
+
+  /**
+   * Generates on a free slot (waits FIFO for one), calling `onText` with each safe piece of text:
+   * stop sequences are held back until ruled out and never emitted. Resolves when generation ends,
+   * including by abort (finish reason `abort`). Throws PromptTooLongError before any text.
+   * `tCall` is when the caller received the request (for queue and TTFT timings).
+   */
+  async generate(opts: GenerateOptions, onText: (text: string) => void, tCall = performance.now()): Promise<GenerateResult> {
+    const { tokens, triggers } = this.renderPrompt(opts);
+    const promptTokens = tokens.length + (this.model.tokens.bos != null ? 1 : 0);
+    if (promptTokens >= this.contextSize) throw new PromptTooLongError(promptTokens, this.contextSize);
+    const room = this.contextSize - promptTokens;
+    const maxTokens = opts.maxTokens === undefined ? room : Math.min(opts.maxTokens, room);
+    let text = "";
+    let finishReason: FinishReason = "abort";
+    let tStart = performance.now();
+    let tFirst: number | undefined;
+    let generatedTokens = 0;
+    const finish = (): GenerateResult => {
+      const tEnd = performance.now();
+      const promptMs = (tFirst ?? tEnd) - tStart;
+      const generateMs = tFirst === undefined ? 0 : tEnd - tFirst;
+      return {
+        text,
+        finishReason,
+        timings: {
+          promptTokens,
+          promptMs,
+          promptTokensPerSecond: promptMs > 0 ? (promptTokens * 1000) / promptMs : 0,
+          generatedTokens,
+          generateMs,
+          tokensPerSecond: generateMs > 0 ? ((generatedTokens - 1) * 1000) / generateMs : 0,
+          ttftMs: (tFirst ?? tEnd) - tCall,
+          queueMs: tStart - tCall,
+          totalMs: tEnd - tCall,
+        },
+      };
+    };
+    let seq: LlamaContextSequence;
+    try {
+      seq = await this.slots.acquire(opts.signal);
+    } catch (err) {
+      if (opts.signal?.aborted) return finish();
+      throw err;
+    }
+    tStart = performance.now();
+    const completion = new LlamaCompletion({ contextSequence: seq, autoDisposeSequence: false });
+    try {
+      if (opts.signal?.aborted) return finish();
+      const res = await completion.generateCompletionWithMeta(tokens, {
+        signal: opts.signal,
+        stopOnAbortSignal: true,
+        maxTokens,
+        temperature: opts.temperature ?? 0.8,
+        topK: opts.topK ?? 40,
+        topP: opts.topP ?? 0.95,
+        minP: opts.minP ?? 0.05,
+        seed: opts.seed,
+        repeatPenalty: opts.repeatPenalty === undefined || opts.repeatPenalty === 1 ? false : { penalty: opts.repeatPenalty, lastTokens: 64 },
+        customStopTriggers: [...triggers, ...(opts.stop ?? []).filter((s) => s.length > 0)],
+        disableContextShift: true,
+        onToken: (t) => {
+          tFirst ??= performance.now();
+          generatedTokens += t.length;
+        },
+        onTextChunk: onText,
+      });
+      const reason = res.metadata.stopReason;
+      text = res.response;
+      finishReason = opts.signal?.aborted || reason === "abort" ? "abort" : reason === "maxTokens" ? "length" : "stop";
+      return finish();
+    } catch (err) {
+      if (opts.signal?.aborted) return finish();
+      throw new GenerationError(`generation failed: ${(err as Error).message}`, { cause: err });
+    } finally {
+      completion.dispose({ disposeSequence: false });
+      this.slots.release(seq);
+    }
+  }
+
+  /** Number of tokens `text` encodes to (no BOS). */
+  countTokens(text: string): number {
+    return this.model.tokenize(text, false).length;
+  }
+
+  async dispose(): Promise<void> {
+    await this.context.dispose().catch(() => {});
+    await this.model.dispose().catch(() => {});
+  }
+}

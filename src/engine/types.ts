@@ -1,0 +1,107 @@
+/** Engine-level types: no HTTP, no TypeBox, no citty. */
+import type { ChatTemplateName, GpuMode } from "../config.ts";
+
+export interface ChatMessage {
+  role: "system" | "user" | "assistant";
+  content: string;
+}
+
+/** Sampling knobs; undefined means the engine default noted on each field. */
+export interface SamplingOptions {
+  /** Default 0.8; 0 = greedy. */
+  temperature?: number;
+  /** Nucleus sampling threshold. Default 0.95; 1 disables. */
+  topP?: number;
+  /** Keep the K most likely tokens. Default 40; 0 disables. */
+  topK?: number;
+  /** Drop tokens below min_p x (top probability). Default 0.05; 0 disables. */
+  minP?: number;
+  /** Penalty for the last 64 tokens. Default 1.0 (off). */
+  repeatPenalty?: number;
+  /** RNG seed for sampling. Default: random per request. */
+  seed?: number;
+}
+
+export interface GenerateOptions extends SamplingOptions {
+  /** Raw completion text (used when there are no `messages` and no `system`). */
+  prompt?: string;
+  /** Chat messages, rendered with the chat template; take precedence over `prompt`. */
+  messages?: ChatMessage[];
+  /** System prompt; with only `prompt`, makes the request a chat of [system, user(prompt)]. */
+  system?: string;
+  /** Tokens to generate at most. Default: until end of generation or the context is full. */
+  maxTokens?: number;
+  /** Stop sequences; their text is never emitted. */
+  stop?: string[];
+  /** Chat template for this request; default the server's setting (itself default `auto`). */
+  chatTemplate?: ChatTemplateName;
+  /** Aborting stops generation within one token; the stream then ends with finish reason `abort`. */
+  signal?: AbortSignal;
+}
+
+export type FinishReason = "stop" | "length" | "abort";
+
+/** Timings carried with every result (llama.cpp server vocabulary in comments). */
+export interface Timings {
+  /** Prompt tokens evaluated (prompt_n), including BOS. */
+  promptTokens: number;
+  /** Time evaluating the prompt until the first token was sampled (prompt_ms). */
+  promptMs: number;
+  /** Prompt tokens per second. */
+  promptTokensPerSecond: number;
+  /** Tokens generated (predicted_n). */
+  generatedTokens: number;
+  /** Time after the first token until the last (predicted_ms). */
+  generateMs: number;
+  /** Decode speed: tokens after the first / generateMs (predicted_per_second). */
+  tokensPerSecond: number;
+  /** From the call until the first token, queue wait included. */
+  ttftMs: number;
+  /** Waiting for a free slot. */
+  queueMs: number;
+  /** Whole request. */
+  totalMs: number;
+}
+
+export type TokenEvent =
+  | { type: "token"; text: string }
+  | { type: "done"; text: string; finishReason: FinishReason; timings: Timings };
+
+export interface GenerateResult {
+  text: string;
+  finishReason: FinishReason;
+  timings: Timings;
+}
+
+export type ModelSource = "env" | "model-path" | "dir" | "demo";
+
+export interface ModelEntry {
+  /** Registry name: file stem, lowercased, `_` and spaces to `-`. */
+  name: string;
+  /** Absolute path of the .gguf file. */
+  path: string;
+  /** Absolute path of a LoRA adapter applied on load. */
+  lora?: string;
+  source: ModelSource;
+}
+
+export interface ModelInfo extends ModelEntry {
+  sizeBytes: number;
+  loaded: boolean;
+}
+
+/** Options the engine passes to the native backend. */
+export interface BackendOptions {
+  gpu: GpuMode;
+  threads: number;
+  ctxSize: number;
+  chatTemplate: ChatTemplateName;
+}
+
+export interface BackendInfo {
+  /** "cpu" or the GPU backend in use ("cuda", "vulkan", "metal"). */
+  backend: string;
+  threads: number;
+  gpuOffloading: boolean;
+  llamaCppRelease: string;
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bun
+/**
+ * Entry point and the only place that exits the process. Exit codes: 0 ok, 1 usage error,
+ * 2 model / generation failure.
+ */
+import { renderUsage, runCommand, type CommandDef } from "citty";
+import { main } from "./cli/index.ts";
+import { ShimmyError } from "./errors.ts";
+import { VERSION } from "./version.ts";
+
+/** Follows positionals down the subcommand tree to the command `--help` asks about. */
+async function resolveForHelp(rawArgs: string[]): Promise<[CommandDef<any>, CommandDef<any> | undefined]> {
+  let cmd: CommandDef<any> = main;
+  let parent: CommandDef<any> | undefined;
+  for (const arg of rawArgs) {
+    if (arg.startsWith("-")) continue;
+    const subs = typeof cmd.subCommands === "function" ? await cmd.subCommands() : await cmd.subCommands;
+    const sub = subs?.[arg];
+    if (!sub) break;
+    parent = cmd;
+    cmd = await (typeof sub === "function" ? (sub as () => Promise<CommandDef<any>>)() : sub);
+  }
+  return [cmd, parent];
+}
+
+async function run(rawArgs: string[]): Promise<number> {
+  if (rawArgs.includes("--help") || rawArgs.includes("-h") || rawArgs.length === 0) {
+    const [cmd, parent] = await resolveForHelp(rawArgs);
+    process.stdout.write(`${await renderUsage(cmd, parent)}\n`);
+    return 0;
+  }
+  if (rawArgs.length === 1 && (rawArgs[0] === "--version" || rawArgs[0] === "-v")) {
+    process.stdout.write(`${VERSION}\n`);
+    return 0;
+  }
+  try {
+    await runCommand(main, { rawArgs });
+    return 0;
+  } catch (err) {
+    if (err instanceof ShimmyError) {
+      process.stderr.write(`error: ${err.message}\n`);
+      return err.exitCode;
+    }
+    if ((err as { name?: string }).name === "CLIError" || (err as { code?: string }).code?.startsWith?.("E_")) {
+      process.stderr.write(`error: ${(err as Error).message}\nRun 'shimmy --help' for usage.\n`);
+      return 1;
+    }
+    process.stderr.write(`error: ${(err as Error)?.stack ?? err}\n`);
+    return 2;
+  }
+}
+
+const code = await run(process.argv.slice(2));
+// Let stdout drain before exiting (a pipe may still hold the last tokens).
+if (process.stdout.writableNeedDrain) await new Promise((r) => process.stdout.once("drain", r));
+process.exit(code);

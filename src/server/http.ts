@@ -1,0 +1,87 @@
+/**
+ * Shared helpers every API surface uses, so all of them stream, cancel and report errors alike:
+ * before the first byte an error is a real status + JSON body; after it, an in-stream error event.
+ */
+import type { Timings as WireTimings } from "../api/native.ts";
+import { BadRequestError, ShimmyError, toShimmyError } from "../errors.ts";
+import type { Engine } from "../engine/engine.ts";
+import type { GenerateOptions, Timings, TokenEvent } from "../engine/types.ts";
+
+/** What the server needs from the engine (a fake can stand in for fast unit tests). */
+export type ServingEngine = Pick<Engine, "generate" | "list" | "resolve" | "backendInfo" | "loadedNames" | "options">;
+
+/** The status and JSON body of an error in shimmy's native shape `{"error": "..."}`. */
+export function errorJson(err: unknown): Response {
+  const e = toShimmyError(err);
+  return Response.json({ error: e.message }, { status: e.status });
+}
+
+/** An SSE event whose `data` may hold newlines: each line becomes its own `data:` field, as the spec reassembles them. */
+export function sseEvent(data: string, event?: string): { sse: true; toSSE(): string } {
+  const text = `${event ? `event: ${event}\n` : ""}${data
+    .split(/\r\n|\r|\n/)
+    .map((line) => `data: ${line}\n`)
+    .join("")}\n`;
+  return { sse: true, toSSE: () => text };
+}
+
+/** Wire form of engine timings (llama.cpp server names), rounded to 0.01. */
+export function wireTimings(t: Timings): WireTimings {
+  const r = (n: number) => Math.round(n * 100) / 100;
+  return {
+    prompt_n: t.promptTokens,
+    prompt_ms: r(t.promptMs),
+    prompt_per_second: r(t.promptTokensPerSecond),
+    predicted_n: t.generatedTokens,
+    predicted_ms: r(t.generateMs),
+    predicted_per_second: r(t.tokensPerSecond),
+    ttft_ms: r(t.ttftMs),
+    queue_ms: r(t.queueMs),
+    total_ms: r(t.totalMs),
+  };
+}
+
+/**
+ * Starts a generation and waits for its first event, so that failures before any output (unknown
+ * model, load failure, prompt too long) surface as a thrown ShimmyError the route can answer with a
+ * status. Returns an iterator that yields that first event again, then the rest.
+ */
+export async function startGeneration(engine: ServingEngine, model: string, opts: GenerateOptions): Promise<AsyncGenerator<TokenEvent, void, undefined>> {
+  const it = engine.generate(model, opts);
+  let first: IteratorResult<TokenEvent, void>;
+  try {
+    first = await it.next();
+  } catch (err) {
+    throw toShimmyError(err);
+  }
+  return (async function* () {
+    try {
+      if (first.done) return;
+      yield first.value;
+      yield* it;
+    } finally {
+      await it.return(undefined);
+    }
+  })();
+}
+
+/** Requires a prompt or messages; normalises `stop`. */
+export function promptOrMessages(body: { prompt?: string; messages?: unknown[] }): void {
+  if (body.prompt === undefined && !body.messages?.length) throw new BadRequestError("either 'prompt' or a non-empty 'messages' is required");
+}
+
+export { ShimmyError };
+
+/**
+ * Route body parser: JSON whatever the Content-Type (curl -d sends form encoding), with a clear
+ * message for malformed JSON and for an empty body.
+ */
+export async function parseJsonBody({ request }: { request: Request }): Promise<unknown> {
+  const text = await request.text();
+  if (!text.trim()) throw new BadRequestError("request body is empty: expected a JSON object");
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new BadRequestError(`malformed JSON body: ${(err as Error).message}`);
+  }
+}
