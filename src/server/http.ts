@@ -79,9 +79,12 @@ export { ShimmyError };
 export async function parseJsonBody({ request }: { request: Request }): Promise<unknown> {
   const text = await request.text();
   if (!text.trim()) throw new BadRequestError("request body is empty: expected a JSON object");
+  let value: unknown;
   try {
-    return JSON.parse(text);
+    value = JSON.parse(text);
   } catch (err) {
     throw new BadRequestError(`malformed JSON body: ${(err as Error).message}`);
   }
+  if (value === null || typeof value !== "object" || Array.isArray(value)) throw new BadRequestError("request body must be a JSON object");
+  return value;
 }
