@@ -93,8 +93,8 @@ export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, 
       parseIntSetting("SHIMMY_THREADS", env.SHIMMY_THREADS, 1, 1024) ??
       physicalCores(),
     ctxSize:
-      parseIntSetting("--ctx-size", overrides.ctxSize, 16, 1 << 20) ??
-      parseIntSetting("SHIMMY_CTX_SIZE", env.SHIMMY_CTX_SIZE, 16, 1 << 20) ??
+      parseIntSetting("--ctx-size", overrides.ctxSize, 256, 1 << 20) ??
+      parseIntSetting("SHIMMY_CTX_SIZE", env.SHIMMY_CTX_SIZE, 256, 1 << 20) ??
       4096,
     gpu: overrides.gpu ?? oneOf("SHIMMY_GPU", env.SHIMMY_GPU, GPU_MODES) ?? "auto",
     chatTemplate: overrides.chatTemplate ?? oneOf("SHIMMY_CHAT_TEMPLATE", env.SHIMMY_CHAT_TEMPLATE, CHAT_TEMPLATES) ?? "auto",

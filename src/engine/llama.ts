@@ -23,6 +23,7 @@ import {
 import type { ChatTemplateName } from "../config.ts";
 import { BackendError, GenerationError, ModelLoadError, PromptTooLongError } from "../errors.ts";
 import { log } from "../log.ts";
+import { StopMatcher } from "./stop.ts";
 import type { BackendInfo, BackendOptions, ChatMessage, FinishReason, GenerateOptions, GenerateResult, ModelEntry } from "./types.ts";
 
 const LOG_TAIL = 20;
@@ -80,7 +81,7 @@ export class NativeBackend {
     let model: LlamaModel | undefined;
     try {
       model = await this.llama.loadModel({ modelPath: entry.path, gpuLayers: this.llama.gpu === false ? 0 : "auto" });
-      const contextSize = Math.max(16, Math.min(this.opts.ctxSize, model.trainContextSize || this.opts.ctxSize));
+      const contextSize = Math.max(256, Math.min(this.opts.ctxSize, model.trainContextSize || this.opts.ctxSize));
       const context = await model.createContext({
         contextSize,
         sequences: 1,
@@ -275,10 +276,21 @@ export class NativeModel {
     }
     tStart = performance.now();
     const completion = new LlamaCompletion({ contextSequence: seq, autoDisposeSequence: false });
+    // Our own controller: a stop sequence ends generation the same way an abort does.
+    const controller = new AbortController();
+    const onAbort = () => controller.abort(opts.signal?.reason);
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
+    const matcher = new StopMatcher(opts.stop ?? []);
+    let stopHit = false;
+    const emit = (piece: string) => {
+      if (!piece) return;
+      text += piece;
+      onText(piece);
+    };
     try {
       if (opts.signal?.aborted) return finish();
       const res = await completion.generateCompletionWithMeta(tokens, {
-        signal: opts.signal,
+        signal: controller.signal,
         stopOnAbortSignal: true,
         maxTokens,
         temperature: opts.temperature ?? 0.8,
@@ -287,22 +299,38 @@ export class NativeModel {
         minP: opts.minP ?? 0.05,
         seed: opts.seed,
         repeatPenalty: opts.repeatPenalty === undefined || opts.repeatPenalty === 1 ? false : { penalty: opts.repeatPenalty, lastTokens: 64 },
-        customStopTriggers: [...triggers, ...(opts.stop ?? []).filter((s) => s.length > 0)],
+        customStopTriggers: triggers.length ? triggers : undefined,
         disableContextShift: true,
         onToken: (t) => {
           tFirst ??= performance.now();
           generatedTokens += t.length;
         },
-        onTextChunk: onText,
+        onTextChunk: (chunk) => {
+          if (stopHit) return;
+          const { emit: safe, stopped } = matcher.push(chunk);
+          emit(safe);
+          if (stopped) {
+            stopHit = true;
+            controller.abort(new Error("stop sequence"));
+          }
+        },
       });
       const reason = res.metadata.stopReason;
-      text = res.response;
-      finishReason = opts.signal?.aborted || reason === "abort" ? "abort" : reason === "maxTokens" ? "length" : "stop";
+      if (stopHit) finishReason = "stop";
+      else if (opts.signal?.aborted || reason === "abort") finishReason = "abort";
+      else {
+        emit(matcher.flush());
+        finishReason = reason === "maxTokens" ? "length" : "stop";
+      }
       return finish();
     } catch (err) {
-      if (opts.signal?.aborted) return finish();
+      if (stopHit || opts.signal?.aborted) {
+        finishReason = stopHit ? "stop" : "abort";
+        return finish();
+      }
       throw new GenerationError(`generation failed: ${(err as Error).message}`, { cause: err });
     } finally {
+      opts.signal?.removeEventListener("abort", onAbort);
       completion.dispose({ disposeSequence: false });
       this.slots.release(seq);
     }

@@ -1,0 +1,217 @@
+/** Needs a model: the engine over the real node-llama-cpp with generated GGUF files. */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { copyFileSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import type { Engine } from "../src/engine/engine.ts";
+import { ModelLoadError, ModelNotFoundError, PromptTooLongError } from "../src/errors.ts";
+import { makeEngine, makeFixtures } from "./helpers.ts";
+
+let fx: Awaited<ReturnType<typeof makeFixtures>>;
+let engine: Engine;
+const greedy = { temperature: 0 } as const;
+
+beforeAll(async () => {
+  fx = await makeFixtures();
+  engine = makeEngine({ dir: fx.dir });
+});
+afterAll(async () => {
+  await engine?.close();
+  fx?.cleanup();
+});
+
+async function collect(it: AsyncIterable<{ type: string; text: string }>) {
+  const tokens: string[] = [];
+  let done: any;
+  for await (const ev of it) (ev.type === "token" ? tokens.push(ev.text) : (done = ev));
+  return { tokens, done };
+}
+
+describe("engine", () => {
+  test("loads a model once and keeps it loaded", async () => {
+    const a = await engine.load("tiny");
+    const b = await engine.load("TINY");
+    expect(b).toBe(a);
+    expect(engine.loadedNames()).toContain("tiny");
+    expect(a.native.contextSize).toBe(4096);
+  });
+
+  test("greedy generation is deterministic, streamed token by token, with timings", async () => {
+    const r1 = await collect(engine.generate("tiny", { prompt: "hello world", ...greedy, maxTokens: 24 }));
+    const r2 = await collect(engine.generate("tiny", { prompt: "hello world", ...greedy, maxTokens: 24 }));
+    expect(r1.tokens.length).toBeGreaterThan(10);
+    expect(r1.tokens.join("")).toBe(r1.done.text);
+    expect(r2.done.text).toBe(r1.done.text);
+    expect(r1.done.finishReason).toBe("length");
+    const t = r1.done.timings;
+    expect(t.generatedTokens).toBe(24);
+    expect(t.promptTokens).toBeGreaterThan(1);
+    expect(t.tokensPerSecond).toBeGreaterThan(0);
+    expect(t.ttftMs).toBeGreaterThan(0);
+    expect(t.totalMs).toBeGreaterThanOrEqual(t.ttftMs);
+  });
+
+  test("seeded sampling is reproducible and differs from another seed", async () => {
+    const opts = { prompt: "the day", temperature: 1.2, topK: 0, topP: 1, minP: 0, maxTokens: 24 };
+    const a = await engine.complete("tiny", { ...opts, seed: 7 });
+    const b = await engine.complete("tiny", { ...opts, seed: 7 });
+    const c = await engine.complete("tiny", { ...opts, seed: 8 });
+    expect(b.text).toBe(a.text);
+    expect(c.text).not.toBe(a.text);
+  });
+
+  test("stop sequences end generation and their text is never emitted, not even a prefix", async () => {
+    const base = await engine.complete("tiny", { prompt: "hello world", ...greedy, maxTokens: 40 });
+    // A stop string that starts mid-way through the output and spans a token boundary.
+    const at = Math.floor(base.text.length / 2);
+    const stop = base.text.slice(at, at + 4);
+    const pieces: string[] = [];
+    const r = await engine.complete("tiny", { prompt: "hello world", ...greedy, maxTokens: 40, stop: [stop] }, (t) => pieces.push(t));
+    expect(r.finishReason).toBe("stop");
+    expect(pieces.join("")).toBe(r.text);
+    expect(r.text).toBe(base.text.slice(0, base.text.indexOf(stop)));
+    expect(pieces.join("")).not.toContain(stop);
+  });
+
+  test("a stop sequence with multi-byte UTF-8 is matched safely", async () => {
+    const r = await engine.complete("tiny", { prompt: "hello", ...greedy, maxTokens: 12, stop: ["é😀"] });
+    expect(r.finishReason).toBe("length");
+    expect(r.text).not.toContain("\uFFFD");
+  });
+
+  test("aborting the signal stops generation within one token", async () => {
+    const controller = new AbortController();
+    let n = 0;
+    let done: any;
+    for await (const ev of engine.generate("tiny", { prompt: "hello", ...greedy, maxTokens: 3000, signal: controller.signal })) {
+      if (ev.type === "token" && ++n === 5) controller.abort();
+      if (ev.type === "done") done = ev;
+    }
+    expect(done.finishReason).toBe("abort");
+    expect(done.timings.generatedTokens).toBeLessThanOrEqual(7);
+  });
+
+  test("breaking out of the iteration stops the generation (engine is free right after)", async () => {
+    const loaded = await engine.load("tiny");
+    const results: Promise<any>[] = [];
+    const original = loaded.native.generate;
+    loaded.native.generate = function (this: any, ...args: any[]) {
+      const p = original.apply(this, args as any);
+      results.push(p);
+      return p;
+    } as any;
+    try {
+      let n = 0;
+      for await (const ev of engine.generate("tiny", { prompt: "hi", ...greedy, maxTokens: 3000 })) if (ev.type === "token" && ++n === 3) break;
+      const r = await results[0];
+      expect(r.finishReason).toBe("abort");
+      expect(r.timings.generatedTokens).toBeLessThan(10);
+    } finally {
+      loaded.native.generate = original;
+    }
+    const after = await engine.complete("tiny", { prompt: "hi", ...greedy, maxTokens: 4 });
+    expect(after.timings.generatedTokens).toBe(4);
+  });
+
+  test("concurrent requests queue for the slot and all complete", async () => {
+    const outs = await Promise.all([1, 2, 3].map(() => engine.complete("tiny", { prompt: "hello world", ...greedy, maxTokens: 16 })));
+    expect(new Set(outs.map((o) => o.text)).size).toBe(1);
+    expect(Math.max(...outs.map((o) => o.timings.queueMs))).toBeGreaterThan(0);
+  });
+
+  test("chat: messages use the GGUF's ChatML template; named overrides change the prompt", async () => {
+    const messages = [{ role: "user" as const, content: "hello" }];
+    const auto = await engine.complete("tiny", { messages, ...greedy, maxTokens: 12 });
+    const chatml = await engine.complete("tiny", { messages, ...greedy, maxTokens: 12, chatTemplate: "chatml" });
+    const llama3 = await engine.complete("tiny", { messages, ...greedy, maxTokens: 12, chatTemplate: "llama3" });
+    const openchat = await engine.complete("tiny", { messages, ...greedy, maxTokens: 12, chatTemplate: "openchat" });
+    const raw = await engine.complete("tiny", { prompt: "hello", ...greedy, maxTokens: 12 });
+    expect(auto.text).toBe(chatml.text);
+    expect(auto.timings.promptTokens).toBe(chatml.timings.promptTokens);
+    expect(llama3.timings.promptTokens).not.toBe(chatml.timings.promptTokens);
+    expect(openchat.timings.promptTokens).not.toBe(chatml.timings.promptTokens);
+    expect(raw.timings.promptTokens).toBeLessThan(auto.timings.promptTokens);
+    const withSystem = await engine.complete("tiny", { messages, system: "be brief", ...greedy, maxTokens: 12 });
+    expect(withSystem.timings.promptTokens).toBeGreaterThan(auto.timings.promptTokens);
+  });
+
+  test("a prompt longer than the context is refused before generating", async () => {
+    const small = makeEngine({ dir: fx.dir, ctxSize: 256 });
+    try {
+      const err = await small.complete("tiny", { prompt: "hello ".repeat(200) }).catch((e) => e);
+      expect(err).toBeInstanceOf(PromptTooLongError);
+      expect(err.status).toBe(400);
+      expect(err.message).toMatch(/context of 256 tokens/);
+      const ok = await small.complete("tiny", { prompt: "hello", ...greedy });
+      expect(ok.finishReason).toBe("length");
+      expect(ok.timings.promptTokens + ok.timings.generatedTokens).toBeLessThanOrEqual(256);
+    } finally {
+      await small.close();
+    }
+  });
+
+  test("unknown model names the available ones", async () => {
+    const err = await engine.complete("nope", { prompt: "x" }).catch((e) => e);
+    expect(err).toBeInstanceOf(ModelNotFoundError);
+    expect(err.message).toContain("tiny");
+  });
+
+  test("LoRA from the base+adapter config changes the output", async () => {
+    const withLora = makeEngine({ base: fx.tiny, lora: fx.lora });
+    try {
+      const a = await withLora.complete("tiny", { prompt: "hello world", ...greedy, maxTokens: 16 });
+      const b = await engine.complete("tiny", { prompt: "hello world", ...greedy, maxTokens: 16 });
+      expect(withLora.list()[0]!.lora).toBe(fx.lora);
+      expect(a.text).not.toBe(b.text);
+    } finally {
+      await withLora.close();
+    }
+  });
+
+  test("broken model files fail with ModelLoadError and the process survives", async () => {
+    const dir = path.join(fx.dir, "broken");
+    require("node:fs").mkdirSync(dir);
+    writeFileSync(path.join(dir, "garbage.gguf"), "this is not a gguf file at all".repeat(10));
+    const bytes = await Bun.file(fx.tiny).bytes();
+    writeFileSync(path.join(dir, "truncated.gguf"), bytes.slice(0, 4000));
+    writeFileSync(path.join(dir, "cut-data.gguf"), bytes.slice(0, bytes.length - 5000));
+    const broken = makeEngine({ dir });
+    try {
+      for (const name of ["garbage", "truncated", "cut-data"]) {
+        const err = await broken.load(name).catch((e) => e);
+        expect(err).toBeInstanceOf(ModelLoadError);
+        expect(err.status).toBe(502);
+        expect(err.message).toContain(`${name}.gguf`);
+      }
+    } finally {
+      await broken.close();
+    }
+  });
+
+  test("a file that would abort llama.cpp (no head_count / no byte tokens) is rejected before loading", async () => {
+    const { tinyModelSpec } = await import("../src/gguf/presets.ts");
+    const { writeGguf } = await import("../src/gguf/writer.ts");
+    const dir = path.join(fx.dir, "abort");
+    require("node:fs").mkdirSync(dir);
+    const spec = tinyModelSpec();
+    const kvs = Array.isArray(spec.kv) ? spec.kv : Object.entries(spec.kv);
+    await writeGguf(path.join(dir, "nohead.gguf"), { ...spec, kv: kvs.filter(([k]) => k !== "llama.attention.head_count") });
+    const e2 = makeEngine({ dir });
+    try {
+      const err = await e2.load("nohead").catch((e) => e);
+      expect(err).toBeInstanceOf(ModelLoadError);
+      expect(err.message).toContain("head_count");
+    } finally {
+      await e2.close();
+    }
+  });
+
+  test("a missing file is never listed", async () => {
+    const dir = path.join(fx.dir, "gone");
+    require("node:fs").mkdirSync(dir);
+    copyFileSync(fx.tiny, path.join(dir, "gone.gguf"));
+    const e = makeEngine({ dir, base: path.join(fx.dir, "does-not-exist.gguf") });
+    expect(e.list().map((m) => m.name)).toEqual(["gone"]);
+    require("node:fs").rmSync(path.join(dir, "gone.gguf"));
+    expect(e.list()).toEqual([]);
+  });
+});
