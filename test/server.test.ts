@@ -1,0 +1,152 @@
+/** Needs no model: the server layer through app.handle with a scripted fake engine. */
+import { describe, expect, test } from "bun:test";
+import { GenerationError, ModelLoadError, ModelNotFoundError } from "../src/errors.ts";
+import type { GenerateOptions, TokenEvent } from "../src/engine/types.ts";
+import { createApp } from "../src/server/app.ts";
+import type { ServingEngine } from "../src/server/http.ts";
+import { parseSse } from "./helpers.ts";
+
+const timings = { promptTokens: 3, promptMs: 1, promptTokensPerSecond: 3000, generatedTokens: 3, generateMs: 2, tokensPerSecond: 1000, ttftMs: 1, queueMs: 0, totalMs: 3 };
+
+/** A fake engine: model "fake" yields `script`; "broken" fails to load; "dies" fails after 2 tokens. */
+function fakeEngine(script: string[] = ["Hel", "lo\nwor", "ld"]) {
+  const calls: GenerateOptions[] = [];
+  const engine: ServingEngine = {
+    options: { gpu: "cpu", threads: 1, ctxSize: 512, chatTemplate: "auto" },
+    list: () => [{ name: "fake", path: "/x/fake.gguf", source: "dir", sizeBytes: 10, loaded: false }],
+    resolve: (() => {
+      throw new Error("unused");
+    }) as any,
+    backendInfo: async () => undefined,
+    loadedNames: () => [],
+    async *generate(name: string, opts: GenerateOptions): AsyncGenerator<TokenEvent, void, undefined> {
+      calls.push(opts);
+      if (name === "broken") throw new ModelLoadError("failed to load /x/broken.gguf: Failed to load model");
+      if (name !== "fake" && name !== "dies") throw new ModelNotFoundError(name, ["fake"]);
+      let i = 0;
+      for (const text of script) {
+        if (name === "dies" && i++ === 2) throw new GenerationError("generation failed: backend exploded");
+        yield { type: "token", text };
+      }
+      if (name === "dies") throw new GenerationError("generation failed: backend exploded");
+      yield { type: "done", text: script.join(""), finishReason: "length", timings };
+    },
+  };
+  return { engine, calls };
+}
+
+const post = (app: ReturnType<typeof createApp>, path: string, body: unknown, headers: Record<string, string> = { "content-type": "application/json" }) =>
+  app.handle(new Request(`http://local${path}`, { method: "POST", headers, body: typeof body === "string" ? body : JSON.stringify(body) }));
+
+describe("POST /api/generate (fake engine)", () => {
+  test("streams SSE: one event per token, newlines split into data lines, then [DONE]", async () => {
+    const app = createApp(fakeEngine());
+    const res = await post(app, "/api/generate", { model: "fake", prompt: "hi" });
+    expect(res.status).toBe(200);
+    expect(res.headers.get("content-type")).toStartWith("text/event-stream");
+    const raw = await res.text();
+    expect(raw).toContain("data: lo\ndata: wor\n\n");
+    expect(parseSse(raw).map((e) => e.data)).toEqual(["Hel", "lo\nwor", "ld", "[DONE]"]);
+  });
+
+  test("stream:false returns one JSON object with text, finish reason and timings", async () => {
+    const res = await post(createApp(fakeEngine()), "/api/generate", { model: "fake", prompt: "hi", stream: false });
+    expect(res.status).toBe(200);
+    const body = await res.json();
+    expect(body).toMatchObject({ response: "Hello\nworld", model: "fake", finish_reason: "length" });
+    expect(body.timings).toMatchObject({ prompt_n: 3, predicted_n: 3, predicted_per_second: 1000 });
+  });
+
+  test("maps wire fields to engine options; a single stop string becomes a list", async () => {
+    const fake = fakeEngine();
+    await post(createApp(fake), "/api/generate", { model: "fake", messages: [{ role: "user", content: "x" }], system: "s", temperature: 0.5, top_p: 0.9, top_k: 5, min_p: 0.1, repeat_penalty: 1.2, seed: 3, max_tokens: 7, stop: "END", chat_template: "llama3", stream: false });
+    expect(fake.calls[0]).toMatchObject({ messages: [{ role: "user", content: "x" }], system: "s", temperature: 0.5, topP: 0.9, topK: 5, minP: 0.1, repeatPenalty: 1.2, seed: 3, maxTokens: 7, stop: ["END"], chatTemplate: "llama3" });
+    expect(fake.calls[0]!.signal).toBeInstanceOf(AbortSignal);
+  });
+
+  test("accepts JSON sent as form-encoded (curl -d)", async () => {
+    const res = await post(createApp(fakeEngine()), "/api/generate", { model: "fake", prompt: "hi", stream: false }, { "content-type": "application/x-www-form-urlencoded" });
+    expect(res.status).toBe(200);
+  });
+
+  const bad: Array<[string, unknown, RegExp]> = [
+    ["malformed JSON", '{"model": "fake",', /malformed JSON body/],
+    ["empty body", "", /empty/],
+    ["array body", "[1,2]", /JSON object/],
+    ["missing model", { prompt: "x" }, /'model'/],
+    ["wrong type", { model: "fake", prompt: "x", temperature: "hot" }, /'temperature'/],
+    ["out of range", { model: "fake", prompt: "x", top_p: 3 }, /'top_p'/],
+    ["non-integer", { model: "fake", prompt: "x", max_tokens: 1.5 }, /'max_tokens'/],
+    ["zero max_tokens", { model: "fake", prompt: "x", max_tokens: 0 }, /'max_tokens'/],
+    ["bad role", { model: "fake", messages: [{ role: "robot", content: "x" }] }, /'messages\.0\.role'/],
+    ["bad template", { model: "fake", prompt: "x", chat_template: "alpaca" }, /'chat_template'/],
+    ["no prompt or messages", { model: "fake" }, /either 'prompt' or a non-empty 'messages'/],
+    ["empty messages", { model: "fake", messages: [] }, /either 'prompt'/],
+  ];
+  for (const [what, body, msg] of bad) {
+    test(`400 for ${what}, with a message naming the problem`, async () => {
+      const res = await post(createApp(fakeEngine()), "/api/generate", body);
+      expect(res.status).toBe(400);
+      const json = await res.json();
+      expect(Object.keys(json)).toEqual(["error"]);
+      expect(json.error).toMatch(msg);
+    });
+  }
+
+  test("404 for an unknown model, listing the available ones", async () => {
+    const res = await post(createApp(fakeEngine()), "/api/generate", { model: "nope", prompt: "x" });
+    expect(res.status).toBe(404);
+    expect((await res.json()).error).toBe("model 'nope' not found; available: fake");
+  });
+
+  test("502 for a load failure, before any byte is streamed", async () => {
+    const res = await post(createApp(fakeEngine()), "/api/generate", { model: "broken", prompt: "x" });
+    expect(res.status).toBe(502);
+    expect((await res.json()).error).toContain("Failed to load model");
+  });
+
+  test("an error after streaming began becomes an SSE error event and the stream ends", async () => {
+    const res = await post(createApp(fakeEngine()), "/api/generate", { model: "dies", prompt: "x" });
+    expect(res.status).toBe(200);
+    const events = parseSse(await res.text());
+    expect(events.slice(0, 2).map((e) => e.data)).toEqual(["Hel", "lo\nwor"]);
+    expect(events.at(-1)).toEqual({ event: "error", data: JSON.stringify({ error: "generation failed: backend exploded" }) });
+    expect(events.some((e) => e.data === "[DONE]")).toBe(false);
+  });
+
+  test("stream:false with a mid-generation failure answers 502", async () => {
+    const res = await post(createApp(fakeEngine()), "/api/generate", { model: "dies", prompt: "x", stream: false });
+    expect(res.status).toBe(502);
+  });
+});
+
+describe("ops routes (fake engine)", () => {
+  test("GET /health", async () => {
+    const body = await (await createApp(fakeEngine()).handle(new Request("http://local/health"))).json();
+    expect(body).toMatchObject({ status: "ok", models: 1, loaded: [] });
+    expect(typeof body.version).toBe("string");
+    expect(Number.isInteger(body.uptime)).toBe(true);
+  });
+
+  test("GET /api/models", async () => {
+    const body = await (await createApp(fakeEngine()).handle(new Request("http://local/api/models"))).json();
+    expect(body.models).toEqual([{ name: "fake", path: "/x/fake.gguf", source: "dir", size_bytes: 10, loaded: false }]);
+  });
+
+  test("GET /diag", async () => {
+    const body = await (await createApp(fakeEngine()).handle(new Request("http://local/diag"))).json();
+    expect(body).toMatchObject({ backend: "not started", threads: 1, ctx_size: 512, gpu_mode: "cpu" });
+    expect(body.cpus.logical).toBeGreaterThan(0);
+    expect(body.memory.total_bytes).toBeGreaterThan(0);
+    expect(body.os.platform).toBe(process.platform);
+  });
+
+  test("unknown route: 404 JSON; wrong method: 404 JSON", async () => {
+    const app = createApp(fakeEngine());
+    const r1 = await app.handle(new Request("http://local/nope"));
+    expect(r1.status).toBe(404);
+    expect(await r1.json()).toEqual({ error: "no route for GET /nope" });
+    const r2 = await app.handle(new Request("http://local/api/generate"));
+    expect(r2.status).toBe(404);
+  });
+});
