@@ -150,3 +150,32 @@ describe("ops routes (fake engine)", () => {
     expect(r2.status).toBe(404);
   });
 });
+
+describe("bind auto", () => {
+  test("takes 127.0.0.1:11435, or the next free port when it is busy", async () => {
+    const { listen } = await import("../src/server/listen.ts");
+    const first = listen(createApp(fakeEngine()), "auto");
+    const second = listen(createApp(fakeEngine()), "auto");
+    try {
+      expect(first.hostname).toBe("127.0.0.1");
+      expect(first.port).toBeGreaterThanOrEqual(11435);
+      expect(first.port).toBeLessThanOrEqual(11535);
+      expect(second.port).toBeGreaterThan(first.port);
+      expect(second.url).toBe(`http://127.0.0.1:${second.port}`);
+      expect((await fetch(`${second.url}/health`)).status).toBe(200);
+    } finally {
+      await first.stop();
+      await second.stop();
+    }
+  });
+
+  test("an explicit address that is in use is a usage error", async () => {
+    const { listen } = await import("../src/server/listen.ts");
+    const a = listen(createApp(fakeEngine()), "127.0.0.1:0");
+    try {
+      expect(() => listen(createApp(fakeEngine()), `127.0.0.1:${a.port}`)).toThrow(/in use/);
+    } finally {
+      await a.stop();
+    }
+  });
+});

@@ -19,7 +19,7 @@ export function parseBind(bind: string): { hostname: string; port: number } {
 
 function tryListen(app: App, hostname: string, port: number): Listening | undefined {
   try {
-    app.listen({ hostname, port, idleTimeout: 255 });
+    app.listen({ hostname, port, idleTimeout: 255, reusePort: false });
   } catch (err) {
     if (/EADDRINUSE|in use|Failed to start server/i.test(String((err as Error).message ?? err))) return undefined;
     throw err;

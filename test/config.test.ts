@@ -1,0 +1,88 @@
+/** Needs no model: config, naming, registry, bind parsing, version. */
+import { describe, expect, test } from "bun:test";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { loadConfig, physicalCores } from "../src/config.ts";
+import { ModelRegistry, modelNameFromPath } from "../src/engine/registry.ts";
+import { parseBind } from "../src/server/listen.ts";
+import { sseEvent } from "../src/server/http.ts";
+import { VERSION } from "../src/version.ts";
+import pkg from "../package.json";
+
+describe("config", () => {
+  test("defaults", () => {
+    const c = loadConfig({}, {});
+    expect(c).toMatchObject({ bind: "auto", ctxSize: 4096, gpu: "auto", chatTemplate: "auto", demoModel: true, modelDirs: [] });
+    expect(c.threads).toBe(physicalCores());
+    expect(c.threads).toBeGreaterThan(0);
+  });
+
+  test("env is read, flags win over env", () => {
+    const env = { SHIMMY_THREADS: "3", SHIMMY_CTX_SIZE: "1024", SHIMMY_BIND_ADDRESS: "0.0.0.0:9000", SHIMMY_GPU: "cpu", SHIMMY_MODEL_PATHS: `/a${path.delimiter}/b`, SHIMMY_BASE_GGUF: "/m.gguf", SHIMMY_LORA_GGUF: "/l.gguf", SHIMMY_DEMO_MODEL: "0", SHIMMY_CHAT_TEMPLATE: "llama3" };
+    expect(loadConfig({}, env)).toMatchObject({ threads: 3, ctxSize: 1024, bind: "0.0.0.0:9000", gpu: "cpu", modelDirs: ["/a", "/b"], baseGguf: "/m.gguf", loraGguf: "/l.gguf", demoModel: false, chatTemplate: "llama3" });
+    expect(loadConfig({ threads: "1", ctxSize: "512", bind: "127.0.0.1:1", modelDirs: ["/c"] }, env)).toMatchObject({ threads: 1, ctxSize: 512, bind: "127.0.0.1:1", modelDirs: ["/c", "/a", "/b"] });
+  });
+
+  test("invalid values are refused with the setting's name", () => {
+    expect(() => loadConfig({ threads: "0" }, {})).toThrow(/--threads must be an integer from 1/);
+    expect(() => loadConfig({}, { SHIMMY_THREADS: "lots" })).toThrow(/SHIMMY_THREADS/);
+    expect(() => loadConfig({ ctxSize: "10" }, {})).toThrow(/--ctx-size/);
+    expect(() => loadConfig({}, { SHIMMY_GPU: "tpu" })).toThrow(/SHIMMY_GPU must be one of auto, cpu/);
+    expect(() => loadConfig({}, { SHIMMY_CHAT_TEMPLATE: "alpaca" })).toThrow(/SHIMMY_CHAT_TEMPLATE/);
+  });
+});
+
+describe("model names and registry", () => {
+  test("name = file stem, lowercased, _ and spaces to -", () => {
+    expect(modelNameFromPath("/x/Phi-3-mini-4k-instruct-q4.gguf")).toBe("phi-3-mini-4k-instruct-q4");
+    expect(modelNameFromPath("My_Model v2.Q8_0.GGUF")).toBe("my-model-v2.q8-0");
+  });
+
+  test("sources, precedence, lookup normalisation, skipped adapters and split parts", () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), "shimmy-reg-"));
+    try {
+      mkdirSync(path.join(dir, "models"));
+      for (const f of ["models/A_Model.gguf", "models/notes.txt", "models/x-lora.gguf", "models/big-00001-of-00002.gguf", "models/big-00002-of-00002.gguf", "base.gguf", "extra.gguf", "other/a_model.gguf"]) {
+        mkdirSync(path.dirname(path.join(dir, f)), { recursive: true });
+        writeFileSync(path.join(dir, f), "x");
+      }
+      const reg = new ModelRegistry({ baseGguf: "base.gguf", loraGguf: "x-lora.gguf", modelPath: "extra.gguf", modelDirs: ["other"] }, dir);
+      const list = reg.list();
+      expect(list.map((e) => [e.name, e.source])).toEqual([
+        ["base", "env"],
+        ["extra", "model-path"],
+        ["a-model", "dir"],
+        ["big-00001-of-00002", "dir"],
+      ]);
+      expect(list[0]!.lora).toBe(path.join(dir, "x-lora.gguf"));
+      expect(list[2]!.path).toBe(path.join(dir, "models/A_Model.gguf"));
+      expect(reg.get("A_Model")?.name).toBe("a-model");
+      expect(reg.get("a-model.gguf")?.name).toBe("a-model");
+      expect(reg.get("missing")).toBeUndefined();
+      rmSync(path.join(dir, "extra.gguf"));
+      expect(reg.list().map((e) => e.name)).not.toContain("extra");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("wire helpers", () => {
+  test("parseBind", () => {
+    expect(parseBind("127.0.0.1:8080")).toEqual({ hostname: "127.0.0.1", port: 8080 });
+    expect(parseBind(":9")).toEqual({ hostname: "127.0.0.1", port: 9 });
+    expect(parseBind("[::1]:80")).toEqual({ hostname: "::1", port: 80 });
+    for (const bad of ["garbage", "host:", "host:99999", "1.2.3.4"]) expect(() => parseBind(bad)).toThrow(/invalid bind address/);
+  });
+
+  test("SSE events split newlines into data lines", () => {
+    expect(sseEvent("a\nb").toSSE()).toBe("data: a\ndata: b\n\n");
+    expect(sseEvent("\n").toSSE()).toBe("data: \ndata: \n\n");
+    expect(sseEvent("x", "error").toSSE()).toBe("event: error\ndata: x\n\n");
+  });
+
+  test("version matches package.json", () => {
+    expect(VERSION).toBe(pkg.version);
+  });
+});
