@@ -83,7 +83,7 @@ export type ConfigOverrides = Partial<Omit<Config, "threads" | "ctxSize">> & { t
 export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, string | undefined> = process.env): Config {
   const envDirs = (env.SHIMMY_MODEL_PATHS ?? "").split(path.delimiter).map((s) => s.trim()).filter(Boolean);
   return {
-    bind: overrides.bind ?? env.SHIMMY_BIND_ADDRESS ?? "auto",
+    bind: overrides.bind ?? (env.SHIMMY_BIND_ADDRESS || undefined) ?? "auto",
     baseGguf: overrides.baseGguf ?? (env.SHIMMY_BASE_GGUF || undefined),
     loraGguf: overrides.loraGguf ?? (env.SHIMMY_LORA_GGUF || undefined),
     modelPath: overrides.modelPath,
@@ -99,7 +99,7 @@ export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, 
     gpu: overrides.gpu ?? oneOf("SHIMMY_GPU", env.SHIMMY_GPU, GPU_MODES) ?? "auto",
     chatTemplate: overrides.chatTemplate ?? oneOf("SHIMMY_CHAT_TEMPLATE", env.SHIMMY_CHAT_TEMPLATE, CHAT_TEMPLATES) ?? "auto",
     demoModel: overrides.demoModel ?? !["0", "false", "no", "off"].includes((env.SHIMMY_DEMO_MODEL ?? "").toLowerCase()),
-    cacheDir: overrides.cacheDir ?? env.SHIMMY_CACHE_DIR ?? path.join(env.XDG_CACHE_HOME || path.join(os.homedir(), ".cache"), "shimmy"),
+    cacheDir: overrides.cacheDir ?? (env.SHIMMY_CACHE_DIR || undefined) ?? path.join(env.XDG_CACHE_HOME || path.join(os.homedir(), ".cache"), "shimmy"),
     logLevel: overrides.logLevel ?? oneOf("SHIMMY_LOG", env.SHIMMY_LOG, ["error", "warn", "info", "debug"] as const) ?? "info",
   };
 }

@@ -26,7 +26,9 @@ async function resolveForHelp(rawArgs: string[]): Promise<[CommandDef<any>, Comm
 async function run(rawArgs: string[]): Promise<number> {
   if (rawArgs.includes("--help") || rawArgs.includes("-h") || rawArgs.length === 0) {
     const [cmd, parent] = await resolveForHelp(rawArgs);
-    process.stdout.write(`${await renderUsage(cmd, parent)}\n`);
+    const usage = await renderUsage(cmd, parent);
+    // citty colours its usage text; keep escape codes out of pipes and files.
+    process.stdout.write(`${process.stdout.isTTY ? usage : usage.replace(/\x1b\[[0-9;]*m/g, "")}\n`);
     return 0;
   }
   if (rawArgs.length === 1 && (rawArgs[0] === "--version" || rawArgs[0] === "-v")) {

@@ -128,13 +128,18 @@ describe("help and version", () => {
 });
 
 describe("generate", () => {
-  /** The greedy chat output for "hello", from `--json`. */
+  /** The greedy chat output for "hello" on stdin, from `--json` (run once, shared by the tests below). */
+  let referenceRun: Promise<{ code: number; stdout: string; stderr: string }> | undefined;
   let reference: GenJson;
+  const getReference = async (): Promise<GenJson> => {
+    referenceRun ??= cli([...tinyGen(), "--json"], { stdin: "hello\n" });
+    const r = await referenceRun;
+    expect(r.code).toBe(0);
+    return (reference = oneJsonLine<GenJson>(r.stdout));
+  };
 
   test("--json prints one JSON line with text, finish_reason length and timings", async () => {
-    const r = await cli([...tinyGen(), "--json"], { stdin: "hello\n" });
-    expect(r.code).toBe(0);
-    reference = oneJsonLine<GenJson>(r.stdout);
+    await getReference();
     expect(reference.model).toBe("tiny");
     expect(typeof reference.text).toBe("string");
     expect(reference.text.length).toBeGreaterThan(0);
@@ -145,6 +150,7 @@ describe("generate", () => {
   });
 
   test("prompt on stdin: stdout is exactly the generated text, no log lines", async () => {
+    await getReference();
     const r = await cli(tinyGen(), { stdin: "hello\n" });
     expect(r.code).toBe(0);
     expect(r.stdout.length).toBeGreaterThan(0);
@@ -153,6 +159,7 @@ describe("generate", () => {
   });
 
   test("--prompt gives the same greedy text as stdin; --raw differs from the chat template", async () => {
+    await getReference();
     const chat = await cli([...tinyGen(), "--prompt", "hello"]);
     expect(chat.code).toBe(0);
     expect(chat.stdout).toBe(reference.text);
@@ -163,6 +170,7 @@ describe("generate", () => {
   });
 
   test("--stop ends the generation before the stop text, which is never printed", async () => {
+    await getReference();
     const words = reference.text.split(/\s+/).filter((w) => /^[A-Za-z]{2,}$/.test(w));
     expect(words.length).toBeGreaterThan(1);
     // A word from the middle, whose first occurrence is not at the very start.

@@ -43,7 +43,7 @@ describe("model names and registry", () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), "shimmy-reg-"));
     try {
       mkdirSync(path.join(dir, "models"));
-      for (const f of ["models/A_Model.gguf", "models/notes.txt", "models/x-lora.gguf", "models/big-00001-of-00002.gguf", "models/big-00002-of-00002.gguf", "base.gguf", "extra.gguf", "other/a_model.gguf"]) {
+      for (const f of ["models/flora-7b.gguf", "models/my_adapter.gguf", "models/A_Model.gguf", "models/notes.txt", "models/x-lora.gguf", "models/big-00001-of-00002.gguf", "models/big-00002-of-00002.gguf", "base.gguf", "extra.gguf", "other/a_model.gguf"]) {
         mkdirSync(path.dirname(path.join(dir, f)), { recursive: true });
         writeFileSync(path.join(dir, f), "x");
       }
@@ -54,8 +54,12 @@ describe("model names and registry", () => {
         ["extra", "model-path"],
         ["a-model", "dir"],
         ["big-00001-of-00002", "dir"],
+        ["flora-7b", "dir"],
       ]);
-      expect(list[0]!.lora).toBe(path.join(dir, "x-lora.gguf"));
+      // The adapter applies to --model-path when given, else to SHIMMY_BASE_GGUF.
+      expect(list[0]!.lora).toBeUndefined();
+      expect(list[1]!.lora).toBe(path.join(dir, "x-lora.gguf"));
+      expect(new ModelRegistry({ baseGguf: "base.gguf", loraGguf: "x-lora.gguf", modelDirs: [] }, dir).list()[0]!.lora).toBe(path.join(dir, "x-lora.gguf"));
       expect(list[2]!.path).toBe(path.join(dir, "models/A_Model.gguf"));
       expect(reg.get("A_Model")?.name).toBe("a-model");
       expect(reg.get("a-model.gguf")?.name).toBe("a-model");

@@ -83,7 +83,7 @@ describe("native API over a real socket", () => {
     expect(events.at(-1)!.data).toBe("[DONE]");
     expect(events.length).toBe(33);
     expect(chunks).toBeGreaterThan(5);
-    const json = await (await gen({ ...req, stream: false })).json();
+    const json = await (await gen({ ...req, stream: false })).json() as any;
     expect(events.slice(0, -1).map((e) => e.data).join("")).toBe(json.response);
     expect(json.finish_reason).toBe("length");
     expect(json.timings.predicted_n).toBe(32);
@@ -91,9 +91,9 @@ describe("native API over a real socket", () => {
 
   test("messages go through the chat template and take precedence over prompt", async () => {
     const base = { model: "tiny", temperature: 0, max_tokens: 12, stream: false };
-    const chat = await (await gen({ ...base, messages: [{ role: "user", content: "hello" }], prompt: "ignored" })).json();
-    const chat2 = await (await gen({ ...base, messages: [{ role: "user", content: "hello" }] })).json();
-    const raw = await (await gen({ ...base, prompt: "hello" })).json();
+    const chat = await (await gen({ ...base, messages: [{ role: "user", content: "hello" }], prompt: "ignored" })).json() as any;
+    const chat2 = await (await gen({ ...base, messages: [{ role: "user", content: "hello" }] })).json() as any;
+    const raw = await (await gen({ ...base, prompt: "hello" })).json() as any;
     expect(chat.response).toBe(chat2.response);
     expect(chat.timings.prompt_n).toBeGreaterThan(raw.timings.prompt_n);
   });
@@ -114,7 +114,7 @@ describe("native API over a real socket", () => {
       spy.restore();
     }
     // The slot is free again at once.
-    const after = await (await gen({ model: "tiny", prompt: "hi", max_tokens: 3, stream: false })).json();
+    const after = await (await gen({ model: "tiny", prompt: "hi", max_tokens: 3, stream: false })).json() as any;
     expect(after.timings.predicted_n).toBe(3);
   });
 
@@ -125,7 +125,7 @@ describe("native API over a real socket", () => {
       expect(a.tokens.length).toBe(20);
       expect(a.final).toMatchObject({ done: true, finish_reason: "length" });
       expect(a.final.timings.predicted_n).toBe(20);
-      const json = await (await gen({ model: "tiny", prompt: "hello world", temperature: 0, max_tokens: 20, stream: false })).json();
+      const json = await (await gen({ model: "tiny", prompt: "hello world", temperature: 0, max_tokens: 20, stream: false })).json() as any;
       expect(a.tokens.join("")).toBe(json.response);
       const b = await wsRun(ws, { model: "tiny", prompt: "again", max_tokens: 4 });
       expect(b.final.done).toBe(true);
@@ -192,12 +192,12 @@ describe("native API over a real socket", () => {
     for (const [init, status, msg] of cases) {
       const res = await fetch(`${server.url}/api/generate`, { method: "POST", ...init });
       expect(res.status).toBe(status);
-      expect((await res.json()).error).toMatch(msg);
+      expect((await res.json() as any).error).toMatch(msg);
     }
-    const health = await (await fetch(`${server.url}/health`)).json();
+    const health = await (await fetch(`${server.url}/health`)).json() as any;
     expect(health.status).toBe("ok");
     expect(health.loaded).toContain("tiny");
-    const diag = await (await fetch(`${server.url}/diag`)).json();
+    const diag = await (await fetch(`${server.url}/diag`)).json() as any;
     expect(diag.backend).toBe("cpu");
   });
 });

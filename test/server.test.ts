@@ -29,7 +29,7 @@ function fakeEngine(script: string[] = ["Hel", "lo\nwor", "ld"]) {
         yield { type: "token", text };
       }
       if (name === "dies") throw new GenerationError("generation failed: backend exploded");
-      yield { type: "done", text: script.join(""), finishReason: "length", timings };
+      yield { type: "done", model: name, text: script.join(""), finishReason: "length", timings };
     },
   };
   return { engine, calls };
@@ -52,7 +52,7 @@ describe("POST /api/generate (fake engine)", () => {
   test("stream:false returns one JSON object with text, finish reason and timings", async () => {
     const res = await post(createApp(fakeEngine()), "/api/generate", { model: "fake", prompt: "hi", stream: false });
     expect(res.status).toBe(200);
-    const body = await res.json();
+    const body = await res.json() as any;
     expect(body).toMatchObject({ response: "Hello\nworld", model: "fake", finish_reason: "length" });
     expect(body.timings).toMatchObject({ prompt_n: 3, predicted_n: 3, predicted_per_second: 1000 });
   });
@@ -87,7 +87,7 @@ describe("POST /api/generate (fake engine)", () => {
     test(`400 for ${what}, with a message naming the problem`, async () => {
       const res = await post(createApp(fakeEngine()), "/api/generate", body);
       expect(res.status).toBe(400);
-      const json = await res.json();
+      const json = await res.json() as any;
       expect(Object.keys(json)).toEqual(["error"]);
       expect(json.error).toMatch(msg);
     });
@@ -96,13 +96,13 @@ describe("POST /api/generate (fake engine)", () => {
   test("404 for an unknown model, listing the available ones", async () => {
     const res = await post(createApp(fakeEngine()), "/api/generate", { model: "nope", prompt: "x" });
     expect(res.status).toBe(404);
-    expect((await res.json()).error).toBe("model 'nope' not found; available: fake");
+    expect((await res.json() as any).error).toBe("model 'nope' not found; available: fake");
   });
 
   test("502 for a load failure, before any byte is streamed", async () => {
     const res = await post(createApp(fakeEngine()), "/api/generate", { model: "broken", prompt: "x" });
     expect(res.status).toBe(502);
-    expect((await res.json()).error).toContain("Failed to load model");
+    expect((await res.json() as any).error).toContain("Failed to load model");
   });
 
   test("an error after streaming began becomes an SSE error event and the stream ends", async () => {
@@ -122,19 +122,19 @@ describe("POST /api/generate (fake engine)", () => {
 
 describe("ops routes (fake engine)", () => {
   test("GET /health", async () => {
-    const body = await (await createApp(fakeEngine()).handle(new Request("http://local/health"))).json();
+    const body = await (await createApp(fakeEngine()).handle(new Request("http://local/health"))).json() as any;
     expect(body).toMatchObject({ status: "ok", models: 1, loaded: [] });
     expect(typeof body.version).toBe("string");
     expect(Number.isInteger(body.uptime)).toBe(true);
   });
 
   test("GET /api/models", async () => {
-    const body = await (await createApp(fakeEngine()).handle(new Request("http://local/api/models"))).json();
+    const body = await (await createApp(fakeEngine()).handle(new Request("http://local/api/models"))).json() as any;
     expect(body.models).toEqual([{ name: "fake", path: "/x/fake.gguf", source: "dir", size_bytes: 10, loaded: false }]);
   });
 
   test("GET /diag", async () => {
-    const body = await (await createApp(fakeEngine()).handle(new Request("http://local/diag"))).json();
+    const body = await (await createApp(fakeEngine()).handle(new Request("http://local/diag"))).json() as any;
     expect(body).toMatchObject({ backend: "not started", threads: 1, ctx_size: 512, gpu_mode: "cpu" });
     expect(body.cpus.logical).toBeGreaterThan(0);
     expect(body.memory.total_bytes).toBeGreaterThan(0);
@@ -145,7 +145,7 @@ describe("ops routes (fake engine)", () => {
     const app = createApp(fakeEngine());
     const r1 = await app.handle(new Request("http://local/nope"));
     expect(r1.status).toBe(404);
-    expect(await r1.json()).toEqual({ error: "no route for GET /nope" });
+    expect(await r1.json() as any).toEqual({ error: "no route for GET /nope" });
     const r2 = await app.handle(new Request("http://local/api/generate"));
     expect(r2.status).toBe(404);
   });

@@ -3,13 +3,15 @@ import type { ArgsDef } from "citty";
 import { CHAT_TEMPLATES, GPU_MODES, loadConfig, type ChatTemplateName, type Config, type GpuMode } from "../config.ts";
 import { Engine } from "../engine/engine.ts";
 import { ModelRegistry } from "../engine/registry.ts";
+import { DEMO_MODEL_NAME, ensureDemoModel } from "../engine/demo.ts";
 import { UsageError } from "../errors.ts";
-import { setLogLevel } from "../log.ts";
+import { log, setLogLevel } from "../log.ts";
+import { parseBind } from "../server/listen.ts";
 
 export const modelArgs = {
   "model-path": { type: "string", description: "Serve this .gguf file (under its file-stem name)", valueHint: "FILE" },
   "model-dirs": { type: "string", description: "Extra directories to scan for *.gguf, comma separated (also SHIMMY_MODEL_PATHS)", valueHint: "DIRS" },
-  lora: { type: "string", description: "LoRA adapter .gguf applied to SHIMMY_BASE_GGUF / --model-path (also SHIMMY_LORA_GGUF)", valueHint: "FILE" },
+  lora: { type: "string", description: "LoRA adapter .gguf applied to --model-path, else to SHIMMY_BASE_GGUF (also SHIMMY_LORA_GGUF)", valueHint: "FILE" },
 } satisfies ArgsDef;
 
 export const runtimeArgs = {
@@ -26,13 +28,10 @@ type Flags = Record<string, unknown>;
 export function configFrom(args: Flags): Config {
   const str = (k: string) => (typeof args[k] === "string" ? (args[k] as string) : undefined);
   try {
-    const modelPath = str("model-path");
-    const lora = str("lora");
     const config = loadConfig({
       bind: str("bind"),
-      modelPath: lora && modelPath ? undefined : modelPath,
-      baseGguf: lora && modelPath ? modelPath : undefined,
-      loraGguf: lora,
+      modelPath: str("model-path"),
+      loraGguf: str("lora"),
       modelDirs: str("model-dirs")?.split(",").map((s) => s.trim()).filter(Boolean),
       threads: str("threads"),
       ctxSize: str("ctx-size"),
@@ -41,14 +40,27 @@ export function configFrom(args: Flags): Config {
       logLevel: args.verbose === true ? "debug" : undefined,
     });
     setLogLevel(config.logLevel);
+    if (config.bind !== "auto") parseBind(config.bind);
+    if (config.loraGguf && !config.modelPath && !config.baseGguf) {
+      if (str("lora")) throw new UsageError("--lora needs a base model: pass --model-path FILE or set SHIMMY_BASE_GGUF");
+      log.warn("SHIMMY_LORA_GGUF is set but there is no base model (SHIMMY_BASE_GGUF or --model-path): ignoring it");
+    }
     return config;
   } catch (err) {
-    throw new UsageError((err as Error).message);
+    throw err instanceof UsageError ? err : new UsageError((err as Error).message);
   }
 }
 
-export function engineFrom(config: Config): Engine {
+/**
+ * The engine for a command. When no model is found anywhere (and SHIMMY_DEMO_MODEL is not 0), the
+ * built-in random-weights demo model is generated (once, into the cache dir) and registered.
+ */
+export async function engineFrom(config: Config): Promise<Engine> {
   const registry = new ModelRegistry(config);
+  if (registry.list().length === 0 && config.demoModel) {
+    registry.addFile(await ensureDemoModel(config.cacheDir), "demo");
+    log.warn(`no model found: using the built-in demo model '${DEMO_MODEL_NAME}' (RANDOM WEIGHTS: its output is gibberish; it is for trying shimmy). Add models with --model-path, SHIMMY_BASE_GGUF or ./models.`);
+  }
   return new Engine(registry, { gpu: config.gpu, threads: config.threads, ctxSize: config.ctxSize, chatTemplate: config.chatTemplate });
 }
 

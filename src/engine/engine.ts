@@ -95,6 +95,7 @@ export class Engine {
   async *generate(name: string, opts: GenerateOptions): AsyncGenerator<TokenEvent, void, undefined> {
     const tCall = performance.now();
     const model = await this.load(name);
+    const tLoaded = performance.now();
     const controller = new AbortController();
     const onOuterAbort = () => controller.abort(opts.signal?.reason);
     if (opts.signal?.aborted) controller.abort(opts.signal.reason);
@@ -113,7 +114,7 @@ export class Engine {
       .generate({ ...opts, signal: controller.signal }, (text) => {
         pending.push(text);
         notify();
-      }, tCall)
+      }, tCall, tLoaded)
       .then(
         (r) => (result = r),
         (err) => (failure = err),
@@ -129,7 +130,7 @@ export class Engine {
         await new Promise<void>((r) => (wake = r));
       }
       if (failure) throw toShimmyError(failure);
-      yield { type: "done", text: result!.text, finishReason: result!.finishReason, timings: result!.timings };
+      yield { type: "done", model: model.entry.name, text: result!.text, finishReason: result!.finishReason, timings: result!.timings };
     } finally {
       opts.signal?.removeEventListener("abort", onOuterAbort);
       if (!ended) controller.abort(new Error("consumer stopped"));

@@ -234,9 +234,10 @@ export class NativeModel {
    * Generates on a free slot (waits FIFO for one), calling `onText` with each safe piece of text:
    * stop sequences are held back until ruled out and never emitted. Resolves when generation ends,
    * including by abort (finish reason `abort`). Throws PromptTooLongError before any text.
-   * `tCall` is when the caller received the request (for queue and TTFT timings).
+   * `tCall` is when the caller received the request (TTFT counts from it, model load included);
+   * `tReady` is when the model was ready (queue time counts from it).
    */
-  async generate(opts: GenerateOptions, onText: (text: string) => void, tCall = performance.now()): Promise<GenerateResult> {
+  async generate(opts: GenerateOptions, onText: (text: string) => void, tCall = performance.now(), tReady = tCall): Promise<GenerateResult> {
     const { tokens, triggers } = this.renderPrompt(opts);
     const promptTokens = tokens.length + (this.model.tokens.bos != null ? 1 : 0);
     if (promptTokens >= this.contextSize) throw new PromptTooLongError(promptTokens, this.contextSize);
@@ -262,7 +263,7 @@ export class NativeModel {
           generateMs,
           tokensPerSecond: generateMs > 0 ? ((generatedTokens - 1) * 1000) / generateMs : 0,
           ttftMs: (tFirst ?? tEnd) - tCall,
-          queueMs: tStart - tCall,
+          queueMs: tStart - tReady,
           totalMs: tEnd - tCall,
         },
       };

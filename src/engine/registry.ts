@@ -25,10 +25,10 @@ function isFile(p: string): boolean {
   }
 }
 
-/** Skip adapter files and split-model parts other than the first. */
+/** Skip adapter files (`lora` / `adapter` as a word of the name) and split-model parts other than the first. */
 function looksLikeBaseModel(file: string): boolean {
   const base = path.basename(file).toLowerCase();
-  if (/lora|adapter/.test(base)) return false;
+  if (/(^|[-_. ])(lora|adapter)([-_. ]|$)/.test(base)) return false;
   const split = base.match(/-(\d{5})-of-(\d{5})\.gguf$/);
   return !split || split[1] === "00001";
 }
@@ -38,8 +38,10 @@ export class ModelRegistry {
   private readonly dirs: string[];
 
   constructor(config: Pick<Config, "baseGguf" | "loraGguf" | "modelPath" | "modelDirs">, cwd = process.cwd()) {
-    if (config.baseGguf) this.addFile(path.resolve(cwd, config.baseGguf), "env", config.loraGguf ? path.resolve(cwd, config.loraGguf) : undefined);
-    if (config.modelPath) this.addFile(path.resolve(cwd, config.modelPath), "model-path");
+    // The LoRA adapter applies to `--model-path` when given, else to SHIMMY_BASE_GGUF.
+    const lora = config.loraGguf ? path.resolve(cwd, config.loraGguf) : undefined;
+    if (config.baseGguf) this.addFile(path.resolve(cwd, config.baseGguf), "env", config.modelPath ? undefined : lora);
+    if (config.modelPath) this.addFile(path.resolve(cwd, config.modelPath), "model-path", lora);
     this.dirs = [...new Set([path.resolve(cwd, "models"), ...config.modelDirs.map((d) => path.resolve(cwd, d))])];
   }
 

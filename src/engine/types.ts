@@ -55,9 +55,9 @@ export interface Timings {
   generateMs: number;
   /** Decode speed: tokens after the first / generateMs (predicted_per_second). */
   tokensPerSecond: number;
-  /** From the call until the first token, queue wait included. */
+  /** From the call until the first token: model load (first request only), queue wait and prompt included. */
   ttftMs: number;
-  /** Waiting for a free slot. */
+  /** Waiting for a free slot (after the model was ready). */
   queueMs: number;
   /** Whole request. */
   totalMs: number;
@@ -65,7 +65,7 @@ export interface Timings {
 
 export type TokenEvent =
   | { type: "token"; text: string }
-  | { type: "done"; text: string; finishReason: FinishReason; timings: Timings };
+  | { type: "done"; model: string; text: string; finishReason: FinishReason; timings: Timings };
 
 export interface GenerateResult {
   text: string;

@@ -2,6 +2,7 @@
  * The HTTP application: one Elysia plugin per API family and one error table. `createApp` never
  * listens, so tests drive it with `app.handle(new Request(...))`; `listen` in ./listen.ts binds it.
  */
+import type { TSchema } from "@sinclair/typebox";
 import { Elysia } from "elysia";
 import type { Config } from "../config.ts";
 import type { ModelRegistry } from "../engine/registry.ts";
@@ -9,6 +10,7 @@ import { BadRequestError, ShimmyError } from "../errors.ts";
 import { log } from "../log.ts";
 import type { ServingEngine } from "./http.ts";
 import { nativeRoutes } from "./routes/native.ts";
+import { violationMessage } from "./validation.ts";
 import { opsRoutes } from "./routes/ops.ts";
 
 export interface AppDeps {
@@ -17,13 +19,15 @@ export interface AppDeps {
   config?: Partial<Config>;
 }
 
-/** Names the offending field of a schema violation: `invalid field 'temperature': Expected number`. */
+/** Names the offending field of a schema violation: `invalid field 'temperature': expected a number from 0 to 5, got "hot"`. */
 function validationMessage(error: unknown): string {
-  const e = error as { all?: Array<{ path?: string; message?: string; summary?: string }>; message?: string };
+  const e = error as { all?: Array<{ path?: string; value?: unknown; message?: string }>; validator?: { schema?: TSchema } };
   const first = e.all?.[0];
+  const root = e.validator?.schema;
   if (!first) return "invalid request body";
+  if (root) return violationMessage(root, first.path ?? "", first.value);
   const field = (first.path ?? "").replace(/^\//, "").replace(/\//g, ".");
-  return field ? `invalid field '${field}': ${first.message ?? first.summary}` : `invalid request body: ${first.summary ?? first.message}`;
+  return field ? `invalid field '${field}': ${first.message}` : `invalid request body: ${first.message}`;
 }
 
 export function createApp({ engine }: AppDeps) {

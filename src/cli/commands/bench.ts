@@ -25,7 +25,7 @@ export default defineCommand({
     const prompt =
       args.prompt ??
       "The quick brown fox jumps over the lazy dog while the rain falls on the old town and the people in the market talk about the weather, the price of bread and the news of the day, and a child laughs at a cat that sleeps in the sun";
-    const engine = engineFrom(config);
+    const engine = await engineFrom(config);
     try {
       const loaded = await engine.load(args.name);
       // Each run starts with a different word so the prompt is evaluated anew, not reused from the cache.

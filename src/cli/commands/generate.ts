@@ -47,7 +47,7 @@ export default defineCommand({
     if (args.raw) opts.prompt = prompt;
     else opts.messages = [...(args.system !== undefined ? [{ role: "system" as const, content: args.system }] : []), { role: "user" as const, content: prompt }];
 
-    const engine = engineFrom(config);
+    const engine = await engineFrom(config);
     const controller = new AbortController();
     opts.signal = controller.signal;
     // A closed stdout (`| head -c 10`) stops generation and ends quietly.
@@ -57,7 +57,7 @@ export default defineCommand({
       controller.abort(new Error("stdout closed"));
     });
     const onSignal = () => controller.abort(new Error("interrupted"));
-    process.once("SIGINT", onSignal);
+    process.on("SIGINT", onSignal);
     try {
       const result = await engine.complete(args.name, opts, args.json ? undefined : (text) => {
         if (!stdoutClosed) process.stdout.write(text);

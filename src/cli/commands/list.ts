@@ -16,8 +16,8 @@ export default defineCommand({
     short: { type: "boolean", description: "Names only, one per line" },
     json: { type: "boolean", description: "JSON array of {name, path, lora?, source, size_bytes}" },
   },
-  run({ args }) {
-    const engine = engineFrom(configFrom(args));
+  async run({ args }) {
+    const engine = await engineFrom(configFrom(args));
     const models = engine.list();
     if (args.json) {
       process.stdout.write(`${JSON.stringify(models.map((m) => ({ name: m.name, path: m.path, ...(m.lora ? { lora: m.lora } : {}), source: m.source, size_bytes: m.sizeBytes })), null, 2)}\n`);

@@ -9,7 +9,7 @@ export default defineCommand({
     ...runtimeArgs,
   },
   async run({ args }) {
-    const engine = engineFrom(configFrom(args));
+    const engine = await engineFrom(configFrom(args));
     try {
       const loaded = await engine.load(args.name);
       process.stdout.write(`ok: loaded ${loaded.entry.name} in ${Math.round(loaded.loadMs)} ms (context ${loaded.native.contextSize} tokens)\n`);

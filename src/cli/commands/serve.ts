@@ -1,5 +1,4 @@
 import { defineCommand } from "citty";
-import { ensureDemoModel } from "../../engine/demo.ts";
 import { log } from "../../log.ts";
 import { createApp } from "../../server/app.ts";
 import { listen } from "../../server/listen.ts";
@@ -14,23 +13,20 @@ export default defineCommand({
     ...runtimeArgs,
   },
   async run({ args }) {
+    // Registered first: a signal during start-up or while serving shuts down cleanly. (`process.on`,
+    // not `once`: with `once`, a process that has used llama.cpp was killed by the signal mid-shutdown.)
+    let stopRequested: () => void = () => {};
+    const stopped = new Promise<void>((resolve) => (stopRequested = resolve));
+    process.on("SIGINT", () => stopRequested());
+    process.on("SIGTERM", () => stopRequested());
     const config = configFrom(args);
-    const engine = engineFrom(config);
-    if (engine.registry.list().length === 0 && config.demoModel) {
-      const file = await ensureDemoModel(config.cacheDir);
-      engine.registry.addFile(file, "demo");
-      log.warn(`no model found: serving the built-in demo model '${engine.registry.list()[0]?.name}' (RANDOM WEIGHTS: its output is gibberish; it is for trying the routes). Add models with --model-path, SHIMMY_BASE_GGUF or ./models.`);
-    }
+    const engine = await engineFrom(config);
     const app = createApp({ engine, registry: engine.registry, config });
     const server = listen(app, config.bind);
     const names = engine.list().map((m) => m.name);
     log.info(`shimmy ${VERSION}: ${names.length} model(s): ${names.join(", ") || "(none)"}; threads ${config.threads}, ctx ${config.ctxSize}`);
     process.stdout.write(`shimmy listening on ${server.url}\n`);
-    await new Promise<void>((resolve) => {
-      const stop = () => resolve();
-      process.once("SIGINT", stop);
-      process.once("SIGTERM", stop);
-    });
+    await stopped;
     log.info("shutting down");
     await server.stop();
     await engine.close();

@@ -5,6 +5,7 @@ import { GenerateRequest } from "../../api/native.ts";
 import { BadRequestError, toShimmyError } from "../../errors.ts";
 import type { GenerateOptions } from "../../engine/types.ts";
 import { log } from "../../log.ts";
+import { violationMessage } from "../validation.ts";
 import { errorJson, parseJsonBody, promptOrMessages, type ServingEngine, sseEvent, startGeneration, wireTimings } from "../http.ts";
 
 /** Maps the wire request to engine options. Throws BadRequestError for what the schema cannot say. */
@@ -41,7 +42,7 @@ export const nativeRoutes = (engine: ServingEngine) =>
         if (body.stream === false) {
           try {
             for await (const ev of events) {
-              if (ev.type === "done") return Response.json({ response: ev.text, model: body.model, finish_reason: ev.finishReason, timings: wireTimings(ev.timings) });
+              if (ev.type === "done") return Response.json({ response: ev.text, model: ev.model, finish_reason: ev.finishReason, timings: wireTimings(ev.timings) });
             }
           } catch (err) {
             return errorJson(err);
@@ -121,6 +122,5 @@ const compiledGenerate = TypeCompiler.Compile(GenerateRequest);
 export function validateGenerate(frame: unknown): GenerateRequest {
   if (compiledGenerate.Check(frame)) return frame;
   const first = compiledGenerate.Errors(frame).First();
-  const field = first?.path ? first.path.replace(/^\//, "").replace(/\//g, ".") : "body";
-  throw new BadRequestError(`invalid field '${field || "body"}': ${first?.message ?? "invalid request"}`);
+  throw new BadRequestError(violationMessage(GenerateRequest, first?.path ?? "", first?.value));
 }
