@@ -2,11 +2,14 @@
  * End-to-end tests of the real CLI: every test spawns `bun src/main.ts ...` (through `runCli` or
  * Bun.spawn) against a tiny generated GGUF model. Runs sequentially; each model-loading spawn costs ~1 s.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { MAIN, REPO, makeFixtures, runCli } from "./helpers.ts";
+
+// Loads models or spawns the CLI on 2 shared cores: allow 60 s per test (bun's default is 5 s).
+setDefaultTimeout(60_000);
 
 const PRELOAD = path.join(import.meta.dir, "fixtures", "maps-preload.ts");
 const PKG_VERSION: string = JSON.parse(readFileSync(path.join(REPO, "package.json"), "utf8")).version;

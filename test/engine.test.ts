@@ -1,10 +1,13 @@
 /** Needs a model: the engine over the real node-llama-cpp with generated GGUF files. */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
 import { copyFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import type { Engine } from "../src/engine/engine.ts";
 import { ModelLoadError, ModelNotFoundError, PromptTooLongError } from "../src/errors.ts";
 import { makeEngine, makeFixtures } from "./helpers.ts";
+
+// Loads models or spawns the CLI on 2 shared cores: allow 60 s per test (bun's default is 5 s).
+setDefaultTimeout(60_000);
 
 let fx: Awaited<ReturnType<typeof makeFixtures>>;
 let engine: Engine;

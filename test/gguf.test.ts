@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
 import { createHash } from "node:crypto";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -24,6 +24,9 @@ import {
     writeTinyModel,
 } from "../src/gguf/presets.ts";
 import { GgmlType, f16ToF32, f32ToF16, layoutGguf, quantizeQ8_0, tensorByteSize, writeGguf } from "../src/gguf/writer.ts";
+
+// Loads models or spawns the CLI on 2 shared cores: allow 60 s per test (bun's default is 5 s).
+setDefaultTimeout(60_000);
 
 const PRINTABLE = /^[\x20-\x7e]+$/;
 

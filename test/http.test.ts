@@ -1,9 +1,12 @@
 /** Needs a model: the real server on a loopback port, real engine, SSE and WebSocket clients. */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
 import type { Engine } from "../src/engine/engine.ts";
 import type { GenerateResult } from "../src/engine/types.ts";
 import type { Listening } from "../src/server/listen.ts";
 import { makeEngine, makeFixtures, parseSse, startServer } from "./helpers.ts";
+
+// Loads models or spawns the CLI on 2 shared cores: allow 60 s per test (bun's default is 5 s).
+setDefaultTimeout(60_000);
 
 let fx: Awaited<ReturnType<typeof makeFixtures>>;
 let engine: Engine;
