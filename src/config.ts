@@ -22,8 +22,10 @@ export interface Config {
   modelPath?: string;
   /** Directories scanned for `*.gguf`, besides `./models`. Env `SHIMMY_MODEL_PATHS` (path-delimiter separated) and `--model-dirs` (comma separated). */
   modelDirs: string[];
-  /** llama.cpp threads. Default: physical cores. Env `SHIMMY_THREADS`. */
+  /** llama.cpp threads. Default: physical cores (1 for models under 64 MiB). Env `SHIMMY_THREADS`. */
   threads: number;
+  /** True when `threads` was set by flag or env; false when it is the default. */
+  threadsExplicit: boolean;
   /** Context size in tokens, capped by the model's training context. Default 4096. Env `SHIMMY_CTX_SIZE`. */
   ctxSize: number;
   /** GPU backend: auto (use one if present, else CPU), cpu, cuda, vulkan, metal. Default auto. Env `SHIMMY_GPU`. */
@@ -77,10 +79,11 @@ function oneOf<T extends string>(name: string, raw: string | undefined, allowed:
 }
 
 /** Settings given on the command line; undefined means "not given". */
-export type ConfigOverrides = Partial<Omit<Config, "threads" | "ctxSize">> & { threads?: string | number; ctxSize?: string | number };
+export type ConfigOverrides = Partial<Omit<Config, "threads" | "ctxSize" | "threadsExplicit">> & { threads?: string | number; ctxSize?: string | number };
 
 /** Builds the effective config from env and CLI overrides. Throws RangeError on invalid values. */
 export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, string | undefined> = process.env): Config {
+  const threads = parseIntSetting("--threads", overrides.threads, 1, 1024) ?? parseIntSetting("SHIMMY_THREADS", env.SHIMMY_THREADS, 1, 1024);
   const envDirs = (env.SHIMMY_MODEL_PATHS ?? "").split(path.delimiter).map((s) => s.trim()).filter(Boolean);
   return {
     bind: overrides.bind ?? (env.SHIMMY_BIND_ADDRESS || undefined) ?? "auto",
@@ -88,10 +91,8 @@ export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, 
     loraGguf: overrides.loraGguf ?? (env.SHIMMY_LORA_GGUF || undefined),
     modelPath: overrides.modelPath,
     modelDirs: [...(overrides.modelDirs ?? []), ...envDirs],
-    threads:
-      parseIntSetting("--threads", overrides.threads, 1, 1024) ??
-      parseIntSetting("SHIMMY_THREADS", env.SHIMMY_THREADS, 1, 1024) ??
-      physicalCores(),
+    threads: threads ?? physicalCores(),
+    threadsExplicit: threads !== undefined,
     ctxSize:
       parseIntSetting("--ctx-size", overrides.ctxSize, 256, 1 << 20) ??
       parseIntSetting("SHIMMY_CTX_SIZE", env.SHIMMY_CTX_SIZE, 256, 1 << 20) ??

@@ -208,6 +208,21 @@ describe("engine", () => {
     }
   });
 
+  test("default threads: a model under 64 MiB runs on 1 thread; an explicit count is kept", async () => {
+    const { Engine } = await import("../src/engine/engine.ts");
+    const { ModelRegistry } = await import("../src/engine/registry.ts");
+    const reg = new ModelRegistry({ baseGguf: fx.tiny, modelDirs: [] });
+    const auto = new Engine(reg, { gpu: "cpu", threads: 2, threadsExplicit: false, ctxSize: 512, chatTemplate: "auto" });
+    const explicit = new Engine(reg, { gpu: "cpu", threads: 2, threadsExplicit: true, ctxSize: 512, chatTemplate: "auto" });
+    try {
+      expect((await auto.load("tiny")).native.threads).toBe(1);
+      expect((await explicit.load("tiny")).native.threads).toBe(2);
+    } finally {
+      await auto.close();
+      await explicit.close();
+    }
+  });
+
   test("a missing file is never listed", async () => {
     const dir = path.join(fx.dir, "gone");
     require("node:fs").mkdirSync(dir);

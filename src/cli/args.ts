@@ -15,7 +15,7 @@ export const modelArgs = {
 } satisfies ArgsDef;
 
 export const runtimeArgs = {
-  threads: { type: "string", description: "llama.cpp threads (default: physical cores; SHIMMY_THREADS)", valueHint: "N" },
+  threads: { type: "string", description: "llama.cpp threads (default: physical cores, 1 for models under 64 MiB; SHIMMY_THREADS)", valueHint: "N" },
   "ctx-size": { type: "string", description: "Context size in tokens, capped by the model's (default 4096; SHIMMY_CTX_SIZE)", valueHint: "N" },
   gpu: { type: "enum", options: [...GPU_MODES], description: "GPU backend: auto | cpu | cuda | vulkan | metal (default auto; SHIMMY_GPU)" },
   "chat-template": { type: "enum", options: [...CHAT_TEMPLATES], description: "Chat template: auto (the GGUF's own) | chatml | llama3 | openchat (SHIMMY_CHAT_TEMPLATE)" },
@@ -61,7 +61,7 @@ export async function engineFrom(config: Config): Promise<Engine> {
     registry.addFile(await ensureDemoModel(config.cacheDir), "demo");
     log.warn(`no model found: using the built-in demo model '${DEMO_MODEL_NAME}' (RANDOM WEIGHTS: its output is gibberish; it is for trying shimmy). Add models with --model-path, SHIMMY_BASE_GGUF or ./models.`);
   }
-  return new Engine(registry, { gpu: config.gpu, threads: config.threads, ctxSize: config.ctxSize, chatTemplate: config.chatTemplate });
+  return new Engine(registry, { gpu: config.gpu, threads: config.threads, threadsExplicit: config.threadsExplicit, ctxSize: config.ctxSize, chatTemplate: config.chatTemplate });
 }
 
 /** Parses an optional integer flag with a range; throws UsageError naming the flag. */

@@ -27,6 +27,8 @@ import { StopMatcher } from "./stop.ts";
 import type { BackendInfo, BackendOptions, ChatMessage, FinishReason, GenerateOptions, GenerateResult, ModelEntry } from "./types.ts";
 
 const LOG_TAIL = 20;
+/** Below this size a model runs on 1 thread unless threads were set explicitly. */
+const SMALL_MODEL_BYTES = 64 * 1024 * 1024;
 
 /** Starts llama.cpp offline (never builds, never downloads). GPU `auto` falls back to CPU. */
 export async function openBackend(opts: BackendOptions): Promise<NativeBackend> {
@@ -82,13 +84,14 @@ export class NativeBackend {
     try {
       model = await this.llama.loadModel({ modelPath: entry.path, gpuLayers: this.llama.gpu === false ? 0 : "auto" });
       const contextSize = Math.max(256, Math.min(this.opts.ctxSize, model.trainContextSize || this.opts.ctxSize));
+      const threads = !this.opts.threadsExplicit && model.size < SMALL_MODEL_BYTES ? 1 : this.opts.threads;
       const context = await model.createContext({
         contextSize,
         sequences: 1,
-        threads: this.opts.threads,
+        threads,
         ...(entry.lora ? { lora: { adapters: [{ filePath: entry.lora }] } } : {}),
       });
-      return new NativeModel(model, context, this.opts.chatTemplate);
+      return new NativeModel(model, context, this.opts.chatTemplate, threads);
     } catch (err) {
       await model?.dispose().catch(() => {});
       const detail = this.recentLog.filter((l) => /error|fail|invalid|unable|cannot/i.test(l)).slice(-3).join("; ");
@@ -186,6 +189,8 @@ export class NativeModel {
     private readonly model: LlamaModel,
     private readonly context: LlamaContext,
     private readonly defaultTemplate: ChatTemplateName,
+    /** llama.cpp threads this model's context uses. */
+    readonly threads: number,
   ) {
     this.slots = new SlotPool(context);
   }

@@ -35,7 +35,7 @@ export default defineCommand({
       for (let i = 1; i <= runs; i++) results.push((await engine.complete(args.name, opts(i))).timings);
       const summary = {
         model: loaded.entry.name,
-        threads: config.threads,
+        threads: loaded.native.threads,
         runs,
         load_ms: Math.round(loaded.loadMs),
         prompt_tokens: results[0]!.promptTokens,
