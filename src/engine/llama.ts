@@ -195,6 +195,11 @@ export class NativeModel {
     this.slots = new SlotPool(context);
   }
 
+  /** Whether LlamaCompletion puts a BOS token before the prompt. */
+  private get prependsBos(): boolean {
+    return this.model.tokens.bos != null && this.model.tokens.shouldPrependBosToken;
+  }
+
   get contextSize(): number {
     return this.context.contextSize;
   }
@@ -230,7 +235,8 @@ export class NativeModel {
     if (history.at(-1)?.type !== "model") history.push({ type: "model", response: [] });
     const state = this.chatWrapper(opts.chatTemplate ?? this.defaultTemplate).generateContextState({ chatHistory: history });
     let tokens = state.contextText.tokenize(tokenizer);
-    const bos = this.model.tokens.bos;
+    // The completion prepends BOS itself when the model wants one: drop the template's copy.
+    const bos = this.prependsBos ? this.model.tokens.bos : null;
     while (bos != null && tokens[0] === bos) tokens = tokens.slice(1);
     return { tokens, triggers: state.stopGenerationTriggers };
   }
@@ -244,7 +250,7 @@ export class NativeModel {
    */
   async generate(opts: GenerateOptions, onText: (text: string) => void, tCall = performance.now(), tReady = tCall): Promise<GenerateResult> {
     const { tokens, triggers } = this.renderPrompt(opts);
-    const promptTokens = tokens.length + (this.model.tokens.bos != null ? 1 : 0);
+    const promptTokens = tokens.length + (this.prependsBos ? 1 : 0);
     if (promptTokens >= this.contextSize) throw new PromptTooLongError(promptTokens, this.contextSize);
     const room = this.contextSize - promptTokens;
     const maxTokens = opts.maxTokens === undefined ? room : Math.min(opts.maxTokens, room);
