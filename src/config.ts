@@ -59,7 +59,7 @@ export function physicalCores(): number {
 /** Parses an integer setting and range-checks it; throws RangeError naming the setting. */
 export function parseIntSetting(name: string, raw: string | number | undefined, min: number, max: number): number | undefined {
   if (raw === undefined || raw === "") return undefined;
-  const n = typeof raw === "number" ? raw : Number(raw.trim());
+  const n = typeof raw === "number" ? raw : Number(String(raw).trim());
   if (!Number.isInteger(n) || n < min || n > max) throw new RangeError(`${name} must be an integer from ${min} to ${max}, got '${raw}'`);
   return n;
 }
@@ -67,7 +67,7 @@ export function parseIntSetting(name: string, raw: string | number | undefined, 
 /** Parses a float setting and range-checks it; throws RangeError naming the setting. */
 export function parseFloatSetting(name: string, raw: string | undefined, min: number, max: number): number | undefined {
   if (raw === undefined || raw === "") return undefined;
-  const n = Number(raw.trim());
+  const n = Number(String(raw).trim());
   if (!Number.isFinite(n) || n < min || n > max) throw new RangeError(`${name} must be a number from ${min} to ${max}, got '${raw}'`);
   return n;
 }

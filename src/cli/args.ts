@@ -1,6 +1,6 @@
 /** Flags shared by several commands, and the one place they turn into a Config and an Engine. */
 import type { ArgsDef } from "citty";
-import { CHAT_TEMPLATES, GPU_MODES, loadConfig, type ChatTemplateName, type Config, type GpuMode } from "../config.ts";
+import { CHAT_TEMPLATES, GPU_MODES, loadConfig, parseFloatSetting, parseIntSetting, type ChatTemplateName, type Config, type GpuMode } from "../config.ts";
 import { Engine } from "../engine/engine.ts";
 import { ModelRegistry } from "../engine/registry.ts";
 import { DEMO_MODEL_NAME, ensureDemoModel } from "../engine/demo.ts";
@@ -66,16 +66,18 @@ export async function engineFrom(config: Config): Promise<Engine> {
 
 /** Parses an optional integer flag with a range; throws UsageError naming the flag. */
 export function intFlag(name: string, raw: unknown, min: number, max: number): number | undefined {
-  if (raw === undefined || raw === "") return undefined;
-  const n = Number(raw);
-  if (typeof raw !== "string" || !Number.isInteger(n) || n < min || n > max) throw new UsageError(`--${name} must be an integer from ${min} to ${max}, got '${raw}'`);
-  return n;
+  return asUsage(() => parseIntSetting(`--${name}`, raw as string | undefined, min, max));
 }
 
 /** Parses an optional number flag with a range; throws UsageError naming the flag. */
 export function numFlag(name: string, raw: unknown, min: number, max: number): number | undefined {
-  if (raw === undefined || raw === "") return undefined;
-  const n = Number(raw);
-  if (typeof raw !== "string" || !Number.isFinite(n) || n < min || n > max) throw new UsageError(`--${name} must be a number from ${min} to ${max}, got '${raw}'`);
-  return n;
+  return asUsage(() => parseFloatSetting(`--${name}`, raw as string | undefined, min, max));
+}
+
+function asUsage<T>(parse: () => T): T {
+  try {
+    return parse();
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
 }
