@@ -370,6 +370,19 @@ describe("list, probe, bench", () => {
   });
 });
 
+describe("demo model", () => {
+  test("with no model anywhere, generate uses the random-weights demo model and warns", async () => {
+    const cwd = path.join(scratch, "demo-gen-cwd");
+    const cache = path.join(scratch, "demo-gen-cache");
+    mkdirSync(cwd, { recursive: true });
+    const r = await cli(["generate", "shimmy-demo-random-weights", "--prompt", "hi", "--max-tokens", "5", "--json"], { cwd, env: { SHIMMY_DEMO_MODEL: "1", SHIMMY_CACHE_DIR: cache } });
+    expect(r.code).toBe(0);
+    expect(oneJsonLine<GenJson>(r.stdout).timings.predicted_n).toBe(5);
+    expect(r.stderr).toContain("RANDOM WEIGHTS");
+    expect(existsSync(path.join(cache, "shimmy-demo-random-weights.gguf"))).toBe(true);
+  });
+});
+
 describe("serve", () => {
   /** Spawns `serve`, waits for the `shimmy listening on URL` line, returns the URL and the process. */
   async function startServe(args: string[], opts: { env?: Record<string, string>; cwd?: string } = {}) {
@@ -419,6 +432,9 @@ describe("serve", () => {
     expect(res.headers.get("content-type")).toContain("application/json");
     const body = (await res.json()) as { status: string; version: string; models: number };
     expect(body).toMatchObject({ status: "ok", version: PKG_VERSION, models: 1 });
+    // Use llama.cpp before stopping: a shutdown after a model has run must still be clean.
+    const gen = (await (await fetch(`${url}/api/generate`, { method: "POST", body: JSON.stringify({ model: "tiny", prompt: "hi", max_tokens: 3, stream: false }) })).json()) as { finish_reason: string };
+    expect(gen.finish_reason).toBe("length");
     expect(await stop(proc)).toBe(0);
     expect(await stderr).not.toMatch(/^\s+at /m);
   });

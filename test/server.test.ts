@@ -93,6 +93,19 @@ describe("POST /api/generate (fake engine)", () => {
     });
   }
 
+  test("schema messages say what was expected and what came", async () => {
+    const cases: Array<[unknown, string]> = [
+      [{ model: "fake", prompt: "x", temperature: "hot" }, `invalid field 'temperature': expected a number from 0 to 5, got "hot"`],
+      [{ model: "fake", prompt: "x", max_tokens: 0 }, "invalid field 'max_tokens': expected an integer >= 1, got 0"],
+      [{ prompt: "x" }, "missing field 'model': expected a non-empty string"],
+      [{ model: "fake", messages: [{ role: "robot", content: "x" }] }, `invalid field 'messages.0.role': expected one of "system", "user", "assistant", got "robot"`],
+    ];
+    for (const [body, message] of cases) {
+      const res = await post(createApp(fakeEngine()), "/api/generate", body);
+      expect(await res.json() as any).toEqual({ error: message });
+    }
+  });
+
   test("404 for an unknown model, listing the available ones", async () => {
     const res = await post(createApp(fakeEngine()), "/api/generate", { model: "nope", prompt: "x" });
     expect(res.status).toBe(404);
