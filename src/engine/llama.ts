@@ -33,13 +33,13 @@ const SMALL_MODEL_BYTES = 64 * 1024 * 1024;
 /** Starts llama.cpp offline (never builds, never downloads). GPU `auto` falls back to CPU. */
 export async function openBackend(opts: BackendOptions): Promise<NativeBackend> {
   const recent: string[] = [];
+  // llama.cpp's messages go to the debug log; the recent ones explain a failed load.
   const logger = (level: LlamaLogLevel, message: string) => {
     const line = message.trimEnd();
     if (!line) return;
     recent.push(line);
     if (recent.length > LOG_TAIL) recent.shift();
-    if (level === LlamaLogLevel.error || level === LlamaLogLevel.fatal) log.debug(`llama.cpp: ${line}`);
-    else log.debug(`llama.cpp: ${line}`);
+    log.debug(`llama.cpp ${level}: ${line}`);
   };
   const base = { build: "never", skipDownload: true, logger, logLevel: LlamaLogLevel.warn, vramPadding: 0 } as const;
   let llama: Llama;

@@ -6,9 +6,9 @@ import type { TSchema } from "@sinclair/typebox";
 import { Elysia } from "elysia";
 import type { Config } from "../config.ts";
 import type { ModelRegistry } from "../engine/registry.ts";
-import { BadRequestError, ShimmyError } from "../errors.ts";
+import { ShimmyError } from "../errors.ts";
 import { log } from "../log.ts";
-import type { ServingEngine } from "./http.ts";
+import { errorJson, type ServingEngine } from "./http.ts";
 import { nativeRoutes } from "./routes/native.ts";
 import { violationMessage } from "./validation.ts";
 import { opsRoutes } from "./routes/ops.ts";
@@ -34,8 +34,8 @@ export function createApp({ engine }: AppDeps) {
   return new Elysia({ name: "shimmy" })
     .onError(({ code, error, request }) => {
       const cause = (error as { cause?: unknown }).cause;
-      if (code === "PARSE" && cause instanceof ShimmyError) return Response.json({ error: cause.message }, { status: cause.status });
-      if (error instanceof ShimmyError) return Response.json({ error: error.message }, { status: error.status });
+      if (code === "PARSE" && cause instanceof ShimmyError) return errorJson(cause);
+      if (error instanceof ShimmyError) return errorJson(error);
       switch (code) {
         case "VALIDATION":
           return Response.json({ error: validationMessage(error) }, { status: 400 });
@@ -55,4 +55,3 @@ export function createApp({ engine }: AppDeps) {
 }
 
 export type App = ReturnType<typeof createApp>;
-export { BadRequestError };

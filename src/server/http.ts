@@ -3,7 +3,7 @@
  * before the first byte an error is a real status + JSON body; after it, an in-stream error event.
  */
 import type { Timings as WireTimings } from "../api/native.ts";
-import { BadRequestError, ShimmyError, toShimmyError } from "../errors.ts";
+import { BadRequestError, toShimmyError } from "../errors.ts";
 import type { Engine } from "../engine/engine.ts";
 import type { GenerateOptions, Timings, TokenEvent } from "../engine/types.ts";
 
@@ -70,7 +70,6 @@ export function promptOrMessages(body: { prompt?: string; messages?: unknown[] }
   if (body.prompt === undefined && !body.messages?.length) throw new BadRequestError("either 'prompt' or a non-empty 'messages' is required");
 }
 
-export { ShimmyError };
 
 /**
  * Route body parser: JSON whatever the Content-Type (curl -d sends form encoding), with a clear
