@@ -36,6 +36,8 @@ export interface Config {
   demoModel: boolean;
   /** Where shimmy keeps generated files (the demo model). Env `SHIMMY_CACHE_DIR`, else `$XDG_CACHE_HOME/shimmy`, else `~/.cache/shimmy`. */
   cacheDir: string;
+  /** Where a single-file executable extracts its native libraries. Env `SHIMMY_RUNTIME_DIR`, else `<cacheDir>/runtime` (the temp dir when that is not writable). */
+  runtimeDir?: string;
   /** Log level for stderr: error | warn | info | debug. Default info. Env `SHIMMY_LOG`. */
   logLevel: "error" | "warn" | "info" | "debug";
 }
@@ -101,6 +103,12 @@ export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, 
     chatTemplate: overrides.chatTemplate ?? oneOf("SHIMMY_CHAT_TEMPLATE", env.SHIMMY_CHAT_TEMPLATE, CHAT_TEMPLATES) ?? "auto",
     demoModel: overrides.demoModel ?? !["0", "false", "no", "off"].includes((env.SHIMMY_DEMO_MODEL ?? "").toLowerCase()),
     cacheDir: overrides.cacheDir ?? (env.SHIMMY_CACHE_DIR || undefined) ?? path.join(env.XDG_CACHE_HOME || path.join(os.homedir(), ".cache"), "shimmy"),
+    runtimeDir: overrides.runtimeDir ?? (env.SHIMMY_RUNTIME_DIR || undefined),
     logLevel: overrides.logLevel ?? oneOf("SHIMMY_LOG", env.SHIMMY_LOG, ["error", "warn", "info", "debug"] as const) ?? "info",
   };
+}
+
+/** True in the child process node-llama-cpp forks to test a native binary before loading it. */
+export function isBindingTestChild(env: Record<string, string | undefined> = process.env): boolean {
+  return env.TEST_BINDING_CP === "true";
 }

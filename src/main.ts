@@ -5,8 +5,16 @@
  */
 import { renderUsage, runCommand, type CommandDef } from "citty";
 import { main } from "./cli/index.ts";
+import { isBindingTestChild, loadConfig } from "./config.ts";
+import { embeddedRuntime, ensureNativeRuntime, nativeBuildInfo } from "./engine/runtime.ts";
 import { ShimmyError } from "./errors.ts";
 import { VERSION } from "./version.ts";
+
+/** `shimmy --version`: shimmy, the llama.cpp release and the backends compiled in (no native code loaded). */
+export function versionText(): string {
+  const info = nativeBuildInfo();
+  return `shimmy ${VERSION}\nllama.cpp ${info.llamaCppRelease} (node-llama-cpp ${info.nodeLlamaCppVersion})\nbackends: ${info.backends.join(", ")}\ntarget: ${info.target}\n`;
+}
 
 /** Follows positionals down the subcommand tree to the command `--help` asks about. */
 async function resolveForHelp(rawArgs: string[]): Promise<[CommandDef<any>, CommandDef<any> | undefined]> {
@@ -32,7 +40,7 @@ async function run(rawArgs: string[]): Promise<number> {
     return 0;
   }
   if (rawArgs.length === 1 && (rawArgs[0] === "--version" || rawArgs[0] === "-v")) {
-    process.stdout.write(`${VERSION}\n`);
+    process.stdout.write(versionText());
     return 0;
   }
   try {
@@ -52,7 +60,17 @@ async function run(rawArgs: string[]): Promise<number> {
   }
 }
 
-const code = await run(process.argv.slice(2));
-// Let stdout drain before exiting (a pipe may still hold the last tokens).
-if (process.stdout.writableNeedDrain) await new Promise((r) => process.stdout.once("drain", r));
-process.exit(code);
+if (isBindingTestChild() && embeddedRuntime()) {
+  // node-llama-cpp tests a native binary in a child before loading it; in a single-file executable
+  // that child is this executable. Once node-llama-cpp is fully loaded, start its test handler
+  // (build.ts turned it into a function); it answers over IPC and exits by itself.
+  const config = loadConfig();
+  await ensureNativeRuntime({ runtimeDir: config.runtimeDir, cacheDir: config.cacheDir });
+  await import("./engine/llama.ts");
+  globalThis.__shimmyBindingTestChild?.();
+} else {
+  const code = await run(process.argv.slice(2));
+  // Let stdout drain before exiting (a pipe may still hold the last tokens).
+  if (process.stdout.writableNeedDrain) await new Promise((r) => process.stdout.once("drain", r));
+  process.exit(code);
+}

@@ -107,10 +107,14 @@ describe("help and version", () => {
     expect(out).not.toContain("--bind");
   });
 
-  test("--version prints package.json's version", async () => {
+  test("--version prints shimmy's version, the llama.cpp release and the backends compiled in", async () => {
     const r = await cli(["--version"]);
     expect(r.code).toBe(0);
-    expect(r.stdout).toBe(`${PKG_VERSION}\n`);
+    const release = JSON.parse(readFileSync(path.join(REPO, "node_modules/node-llama-cpp/llama/binariesGithubRelease.json"), "utf8")).release;
+    const lines = r.stdout.trimEnd().split("\n");
+    expect(lines[0]).toBe(`shimmy ${PKG_VERSION}`);
+    expect(lines[1]).toBe(`llama.cpp ${release} (node-llama-cpp 3.21.1)`);
+    expect(lines[2]).toMatch(/^backends: cpu(, \w+)*$/);
   });
 
   test("--help, serve --help, generate --help and --version never map the native addon", async () => {

@@ -4,10 +4,12 @@
  * the first load, through ./llama.ts.
  */
 import { statSync } from "node:fs";
+import os from "node:os";
 import { ModelLoadError, ModelNotFoundError, toShimmyError } from "../errors.ts";
 import { log } from "../log.ts";
 import type { NativeBackend, NativeModel } from "./llama.ts";
 import type { ModelRegistry } from "./registry.ts";
+import { ensureNativeRuntime } from "./runtime.ts";
 import type { BackendInfo, BackendOptions, GenerateOptions, GenerateResult, ModelEntry, ModelInfo, TokenEvent } from "./types.ts";
 
 export interface LoadedModel {
@@ -27,7 +29,10 @@ export class Engine {
 
   /** Starts llama.cpp once (lazy). */
   backend(): Promise<NativeBackend> {
-    this.backendPromise ??= import("./llama.ts").then((m) => m.openBackend(this.options));
+    this.backendPromise ??= (async () => {
+      await ensureNativeRuntime({ runtimeDir: this.options.runtimeDir, cacheDir: this.options.cacheDir ?? os.tmpdir() });
+      return (await import("./llama.ts")).openBackend(this.options);
+    })();
     this.backendPromise.catch(() => (this.backendPromise = undefined));
     return this.backendPromise;
   }

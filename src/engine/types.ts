@@ -99,6 +99,9 @@ export interface BackendOptions {
   threadsExplicit?: boolean;
   ctxSize: number;
   chatTemplate: ChatTemplateName;
+  /** Cache dir and runtime dir override, for a single-file executable's native files (see runtime.ts). */
+  cacheDir?: string;
+  runtimeDir?: string;
 }
 
 export interface BackendInfo {
