@@ -148,8 +148,8 @@ export async function buildRuntimeArchive(packageDirs: Record<string, string>): 
     map[rel] = data;
     files.push({ path: rel, size: data.byteLength });
   }
-  const bytes = Bun.gzipSync(ustar(map), { level: 9 });
-  return { bytes, hash: createHash("sha256").update(bytes).digest("hex").slice(0, 16), files };
+  const bytes = Bun.gzipSync(ustar(map) as Uint8Array<ArrayBuffer>, { level: 9 });
+  return { bytes, hash: createHash("sha256").update(Buffer.from(bytes)).digest("hex").slice(0, 16), files };
 }
 
 /**

@@ -1,0 +1,171 @@
+/**
+ * Needs the build tool: builds the host CPU executable with build.ts, copies it alone into an empty
+ * directory with a fresh HOME and no node_modules, and uses it with the network off (`unshare -n`
+ * where the machine allows it). Also: reproducible runtime hash, integrity check and re-extraction,
+ * simultaneous first runs, pruning, an unwritable home, loud failures for bad platform packages.
+ * Skipped where build.ts has no CPU target for the host (only linux-x64 here).
+ */
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { inspectExecutable } from "../build.ts";
+import { writeTinyModel } from "../src/gguf/presets.ts";
+import { REPO } from "./helpers.ts";
+
+// Builds a 120 MB executable and runs it several times on 2 shared cores.
+setDefaultTimeout(120_000);
+
+const HOST = process.platform === "linux" && process.arch === "x64";
+const maybe = HOST ? describe : describe.skip;
+
+let tmp: string;
+let exe: string;
+let work: string;
+
+function unshareWorks(): boolean {
+  const r = Bun.spawnSync(["unshare", "-n", "sh", "-c", "ip link set lo up"], { stdout: "ignore", stderr: "ignore" });
+  return r.exitCode === 0;
+}
+
+async function run(args: string[], opts: { home: string; env?: Record<string, string>; stdin?: string }) {
+  const p = Bun.spawn([exe, ...args], {
+    cwd: work,
+    env: { PATH: "/usr/bin:/bin", HOME: opts.home, SHIMMY_THREADS: "1", SHIMMY_DEMO_MODEL: "0", ...opts.env },
+    stdin: opts.stdin === undefined ? "ignore" : new TextEncoder().encode(opts.stdin),
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  return { code, stdout, stderr };
+}
+
+const runtimeDirs = (home: string) => {
+  const base = path.join(home, ".cache", "shimmy", "runtime");
+  return existsSync(base) ? readdirSync(base) : [];
+};
+
+maybe("single-file executable", () => {
+  beforeAll(async () => {
+    tmp = mkdtempSync(path.join(os.tmpdir(), "shimmy-bin-test-"));
+    const out = path.join(tmp, "dist");
+    const build = Bun.spawnSync(["bun", path.join(REPO, "build.ts"), "--target", "linux-x64-cpu", "--outdir", out], { cwd: REPO, stdout: "pipe", stderr: "pipe" });
+    if (build.exitCode !== 0) throw new Error(`build failed: ${build.stderr}`);
+    // Alone: an empty directory with the executable and a model, no node_modules anywhere above it.
+    work = path.join(tmp, "alone");
+    mkdirSync(path.join(work, "models"), { recursive: true });
+    exe = path.join(work, "shimmy");
+    copyFileSync(path.join(out, "shimmy-linux-x64-cpu"), exe);
+    require("node:fs").chmodSync(exe, 0o755);
+    await writeTinyModel(path.join(work, "models", "tiny.gguf"), { seed: 5 });
+  });
+  afterAll(() => {
+    if (tmp) rmSync(tmp, { recursive: true, force: true });
+  });
+
+  test("is an x86-64 ELF and builds reproducibly (same runtime hash, same bytes)", () => {
+    expect(inspectExecutable(exe)).toEqual({ format: "elf", arch: "x64" });
+    const again = path.join(tmp, "dist2");
+    const build = Bun.spawnSync(["bun", path.join(REPO, "build.ts"), "--target", "linux-x64-cpu", "--outdir", again], { cwd: REPO, stdout: "pipe", stderr: "pipe" });
+    expect(build.exitCode).toBe(0);
+    expect(readFileSync(path.join(again, "SHA256SUMS"), "utf8")).toBe(readFileSync(path.join(tmp, "dist", "SHA256SUMS"), "utf8"));
+  });
+
+  test("works alone and offline: --version, list, generate, serve with SSE and WebSocket", async () => {
+    const home = path.join(tmp, "home-offline");
+    mkdirSync(home);
+    const smoke = ["bun", path.join(REPO, "test/fixtures/binary-smoke.ts"), exe, work, home];
+    const offline = unshareWorks();
+    const cmd = offline ? ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", ...smoke] : smoke;
+    const p = Bun.spawnSync(cmd, { cwd: work, stdout: "pipe", stderr: "pipe" });
+    expect(p.exitCode).toBe(0);
+    const r = JSON.parse(p.stdout.toString());
+    if (offline) expect(r.network).toStartWith("unreachable");
+    expect(r.version.code).toBe(0);
+    expect(r.version.stdout).toMatch(/^shimmy \d+\.\d+\.\d+\nllama\.cpp \S+ \(node-llama-cpp 3\.21\.1\)\nbackends: cpu\ntarget: linux-x64-cpu\n$/);
+    expect(r.list).toMatchObject({ code: 0, stdout: "tiny\n" });
+    expect(r.generate.code).toBe(0);
+    expect(r.generate.stderr).toBe("");
+    const gen = JSON.parse(r.generate.stdout);
+    expect(gen.timings.predicted_n).toBe(8);
+    expect(gen.text.length).toBeGreaterThan(0);
+    expect(r.sse.status).toBe(200);
+    expect(r.sse.type).toStartWith("text/event-stream");
+    expect(r.sse.body.trimEnd()).toEndWith("data: [DONE]");
+    expect(r.sse.body.split("\n\n").filter(Boolean).length).toBe(6);
+    expect(r.ws.frames.length).toBe(6);
+    expect(JSON.parse(r.ws.frames.at(-1))).toMatchObject({ done: true, finish_reason: "length" });
+    expect(r.serveExit).toBe(0);
+    expect(runtimeDirs(home)).toHaveLength(1);
+  });
+
+  test("simultaneous first runs share one extraction and leave no temp dirs", async () => {
+    const home = path.join(tmp, "home-concurrent");
+    mkdirSync(home);
+    const results = await Promise.all([1, 2, 3].map(() => run(["generate", "tiny", "--max-tokens", "3", "--prompt", "x"], { home })));
+    for (const r of results) {
+      expect(r.code).toBe(0);
+      expect(r.stdout.length).toBeGreaterThan(0);
+    }
+    expect(runtimeDirs(home)).toHaveLength(1);
+  });
+
+  test("a truncated or modified cache is detected and extracted again; other versions are pruned", async () => {
+    const home = path.join(tmp, "home-tamper");
+    mkdirSync(home);
+    expect((await run(["generate", "tiny", "--max-tokens", "2", "--prompt", "x"], { home })).code).toBe(0);
+    const base = path.join(home, ".cache", "shimmy", "runtime");
+    const [hash] = runtimeDirs(home);
+    const lib = path.join(base, hash!, "@node-llama-cpp/linux-x64/bins/linux-x64/libllama.v0.4.0.so");
+    const size = statSync(lib).size;
+    truncateSync(lib, 1000);
+    // A fake older version, as a previous shimmy release would have left it.
+    mkdirSync(path.join(base, "0123456789abcdef"));
+    writeFileSync(path.join(base, "0123456789abcdef", ".shimmy-runtime.json"), "{}");
+    const r = await run(["generate", "tiny", "--max-tokens", "2", "--prompt", "x"], { home });
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain("incomplete or modified");
+    expect(statSync(lib).size).toBe(size);
+    expect(runtimeDirs(home).filter((d) => !d.startsWith("."))).toEqual([hash!]);
+  });
+
+  test("SHIMMY_RUNTIME_DIR overrides the location; an unwritable home falls back to the temp dir", async () => {
+    const rtDir = path.join(tmp, "custom-runtime");
+    expect((await run(["probe", "tiny"], { home: path.join(tmp, "home-x"), env: { SHIMMY_RUNTIME_DIR: rtDir } })).code).toBe(0);
+    expect(readdirSync(rtDir).filter((d) => !d.startsWith("."))).toHaveLength(1);
+    // HOME is a file: nothing can be created under it.
+    const fileHome = path.join(tmp, "home-is-a-file");
+    writeFileSync(fileHome, "");
+    const tmpRuntime = path.join(tmp, "tmpdir");
+    mkdirSync(tmpRuntime);
+    const r = await run(["probe", "tiny"], { home: fileHome, env: { TMPDIR: tmpRuntime } });
+    expect(r.code).toBe(0);
+    expect(readdirSync(tmpRuntime).some((d) => d.startsWith("shimmy-runtime-"))).toBe(true);
+  });
+});
+
+describe("build.ts failures", () => {
+  test("a missing platform package or a version mismatch fails the build loudly", () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), "shimmy-pkgs-"));
+    try {
+      const missing = Bun.spawnSync(["bun", path.join(REPO, "build.ts"), "--target", "darwin-arm64", "--packages-dir", dir, "--outdir", path.join(dir, "out")], { cwd: REPO, stdout: "pipe", stderr: "pipe" });
+      expect(missing.exitCode).toBe(1);
+      expect(missing.stderr.toString()).toContain("@node-llama-cpp/mac-arm64-metal is missing");
+      cpSync(path.join(REPO, "node_modules/@node-llama-cpp/linux-x64"), path.join(dir, "linux-x64"), { recursive: true });
+      const pj = path.join(dir, "linux-x64", "package.json");
+      writeFileSync(pj, JSON.stringify({ ...JSON.parse(readFileSync(pj, "utf8")), version: "3.20.0" }));
+      const mismatch = Bun.spawnSync(["bun", path.join(REPO, "build.ts"), "--target", "linux-x64-cpu", "--packages-dir", dir, "--outdir", path.join(dir, "out")], { cwd: REPO, stdout: "pipe", stderr: "pipe" });
+      expect(mismatch.exitCode).toBe(1);
+      expect(mismatch.stderr.toString()).toContain("@node-llama-cpp/linux-x64@3.20.0; node-llama-cpp needs @node-llama-cpp/linux-x64@3.21.1 exactly");
+      expect(existsSync(path.join(dir, "out", "shimmy-linux-x64-cpu"))).toBe(false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("an unknown target is refused", () => {
+    const r = Bun.spawnSync(["bun", path.join(REPO, "build.ts"), "--target", "plan9-mips"], { cwd: REPO, stdout: "pipe", stderr: "pipe" });
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr.toString()).toContain("unknown target 'plan9-mips'");
+  });
+});
