@@ -5,6 +5,7 @@
 import {
   ChatMLChatWrapper,
   getLlama,
+  getLlamaGpuTypes,
   Llama3ChatWrapper,
   LlamaCompletion,
   LlamaLogLevel,
@@ -23,6 +24,7 @@ import {
 import type { ChatTemplateName } from "../config.ts";
 import { BackendError, GenerationError, ModelLoadError, PromptTooLongError } from "../errors.ts";
 import { log } from "../log.ts";
+import { nativeBuildInfo } from "./runtime.ts";
 import { StopMatcher } from "./stop.ts";
 import type { BackendInfo, BackendOptions, ChatMessage, FinishReason, GenerateOptions, GenerateResult, ModelEntry } from "./types.ts";
 
@@ -41,7 +43,7 @@ export async function openBackend(opts: BackendOptions): Promise<NativeBackend> 
     if (recent.length > LOG_TAIL) recent.shift();
     log.debug(`llama.cpp ${level}: ${line}`);
   };
-  const base = { build: "never", skipDownload: true, logger, logLevel: LlamaLogLevel.warn, vramPadding: 0 } as const;
+  const base = { build: "never", skipDownload: true, progressLogs: false, logger, logLevel: LlamaLogLevel.warn, vramPadding: 0 } as const;
   let llama: Llama;
   try {
     if (opts.gpu === "cpu") llama = await getLlama({ ...base, gpu: false });
@@ -52,16 +54,78 @@ export async function openBackend(opts: BackendOptions): Promise<NativeBackend> 
         log.warn(`no GPU backend usable (${(err as Error).message}); using CPU`);
         llama = await getLlama({ ...base, gpu: false });
       }
-    } else llama = await getLlama({ ...base, gpu: opts.gpu });
+    } else {
+      const compiled = nativeBuildInfo().backends;
+      if (!compiled.includes(opts.gpu)) throw new BackendError(`this build does not include the ${opts.gpu} backend (it has: ${compiled.join(", ")})`);
+      llama = await getLlama({ ...base, gpu: opts.gpu });
+    }
   } catch (err) {
+    if (err instanceof BackendError) throw err;
     throw new BackendError(`cannot start llama.cpp (${opts.gpu}): ${(err as Error).message}`, { cause: err });
+  }
+  if (opts.gpu === "auto" && llama.gpu === false) {
+    const why = await whyNoGpu();
+    if (why.length) log.warn(`GPU: not used (${why.join("; ")}); running on CPU`);
   }
   return new NativeBackend(llama, opts, recent);
 }
 
+/** GPU backends this build carries (cuda, vulkan, metal). */
+function compiledGpuBackends(): string[] {
+  return nativeBuildInfo().backends.filter((b) => b !== "cpu");
+}
+
+/** For each GPU backend compiled in but not usable, one reason. Empty when the build has none. */
+async function whyNoGpu(): Promise<string[]> {
+  const compiled = compiledGpuBackends();
+  if (!compiled.length) return [];
+  const detected = (await getLlamaGpuTypes("supported").catch(() => [])).filter((g): g is Exclude<typeof g, false> => g !== false);
+  return compiled.map((b) =>
+    (detected as string[]).includes(b) ? `${b}: driver found but the backend did not start` : `${b}: no ${b === "cuda" ? "CUDA" : b === "vulkan" ? "Vulkan" : "Metal"} driver or device found`,
+  );
+}
+
+export interface GpuReport {
+  /** Backends this build carries. */
+  compiled: string[];
+  /** GPU backends whose drivers/devices node-llama-cpp detects on this machine. */
+  detected: string[];
+  /** The backend `--gpu` (default auto) selects: cpu, cuda, vulkan or metal. */
+  inUse: string;
+  devices: string[];
+  vram?: { totalBytes: number; usedBytes: number; freeBytes: number };
+  /** Why each GPU backend that is not in use is not used. */
+  notes: string[];
+}
+
+/** Starts llama.cpp as `opts.gpu` asks and reports what was found and chosen, and why. */
+export async function gpuReport(opts: BackendOptions): Promise<GpuReport> {
+  const compiled = nativeBuildInfo().backends;
+  const detected = ((await getLlamaGpuTypes("supported").catch(() => [])) as Array<string | false>).filter((g): g is string => g !== false);
+  const backend = await openBackend(opts);
+  try {
+    const llama = backend.llama;
+    const inUse = llama.gpu === false ? "cpu" : llama.gpu;
+    const devices = llama.gpu === false ? [] : await llama.getGpuDeviceNames().catch(() => []);
+    const vram = llama.gpu === false ? undefined : await llama.getVramState().then((v) => ({ totalBytes: v.total, usedBytes: v.used, freeBytes: v.free })).catch(() => undefined);
+    const notes: string[] = [];
+    for (const b of compiled.filter((b) => b !== "cpu" && b !== inUse)) {
+      if (!detected.includes(b)) notes.push(`${b}: compiled in, but no ${b} driver or device was found`);
+      else if (opts.gpu !== "auto" && opts.gpu !== b) notes.push(`${b}: available, but --gpu ${opts.gpu} was asked for`);
+      else notes.push(`${b}: driver found, but llama.cpp did not start with it`);
+    }
+    if (compiled.length === 1) notes.push("this build includes no GPU backend (a GPU build carries vulkan, cuda or metal)");
+    for (const b of detected.filter((d) => !compiled.includes(d))) notes.push(`${b}: a driver is present, but this build does not include ${b}${b === "cuda" ? " (use a -cuda artifact)" : ""}`);
+    if (inUse === "cpu" && opts.gpu === "cpu") notes.push("cpu: chosen by --gpu cpu / SHIMMY_GPU=cpu");
+    return { compiled, detected, inUse, devices, vram, notes };
+  } finally {
+    await backend.close();
+  }
+}
+
 export class NativeBackend {
   constructor(
-    private readonly llama: Llama,
+    readonly llama: Llama,
     readonly opts: BackendOptions,
     private readonly recentLog: string[],
   ) {}
