@@ -297,6 +297,70 @@ export async function buildTarget(target: string, opts: { outdir: string; packag
   return { file: outfile, bytes: statSync(outfile).size, archiveHash: archive.hash, seconds: (performance.now() - t0) / 1000 };
 }
 
+/** Entries of a ustar archive: path and size. */
+export function listUstar(tar: Uint8Array): Array<{ path: string; size: number }> {
+  const dec = new TextDecoder();
+  const str = (a: number, n: number) => dec.decode(tar.subarray(a, a + n)).replace(/\0.*$/s, "");
+  const out: Array<{ path: string; size: number }> = [];
+  for (let at = 0; at + 512 <= tar.length; ) {
+    const name = str(at, 100);
+    if (!name) break;
+    const prefix = str(at + 345, 155);
+    const size = parseInt(str(at + 124, 12).trim() || "0", 8);
+    out.push({ path: prefix ? `${prefix}/${name}` : name, size });
+    at += 512 + Math.ceil(size / 512) * 512;
+  }
+  return out;
+}
+
+/**
+ * Finds the runtime archive embedded in an executable (any platform) and lists it: scans for our
+ * gzip header, inflates, and keeps the stream that is a ustar of node-llama-cpp files.
+ */
+export function embeddedArchive(file: string): Array<{ path: string; size: number }> | undefined {
+  const zlib = require("node:zlib") as typeof import("node:zlib");
+  const bin = readFileSync(file);
+  const magic = Buffer.from([0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x03]);
+  for (let at = bin.indexOf(magic); at >= 0; at = bin.indexOf(magic, at + 1)) {
+    let tar: Uint8Array;
+    try {
+      tar = zlib.inflateRawSync(bin.subarray(at + magic.length));
+    } catch {
+      continue;
+    }
+    const entries = listUstar(tar);
+    if (entries.length && entries.every((e) => e.path.startsWith("node-llama-cpp/") || e.path.startsWith("@node-llama-cpp/"))) return entries;
+  }
+  return undefined;
+}
+
+/** Checks an artifact: format and architecture, and that it embeds its platform's native libraries. */
+export function inspectArtifact(file: string): { ok: boolean; lines: string[] } {
+  const target = Object.keys(TARGETS).find((t) => path.basename(file) === artifactName(t));
+  const lines: string[] = [];
+  const problems: string[] = [];
+  if (!target) return { ok: false, lines: [`${file}: not a shimmy artifact name (${Object.keys(TARGETS).map(artifactName).join(", ")})`] };
+  const t = TARGETS[target]!;
+  const header = inspectExecutable(file);
+  if (header.format !== t.format || header.arch !== t.arch) problems.push(`is ${header.format}/${header.arch}, expected ${t.format}/${t.arch}`);
+  const entries = embeddedArchive(file);
+  if (!entries) problems.push("no embedded native runtime found");
+  const libExt = t.format === "elf" ? /\.so(\.|$)/ : t.format === "macho" ? /\.dylib$/ : /\.dll$/;
+  const packages = [...new Set((entries ?? []).filter((e) => e.path.startsWith("@node-llama-cpp/")).map((e) => e.path.split("/")[1]!))].sort();
+  for (const p of t.packages) {
+    const files = (entries ?? []).filter((e) => e.path.startsWith(`@node-llama-cpp/${p}/bins/`));
+    const libs = files.filter((e) => libExt.test(e.path));
+    const addon = files.find((e) => e.path.endsWith("llama-addon.node"));
+    const needsAddon = !p.endsWith("-ext");
+    if (!libs.length || (needsAddon && !addon)) problems.push(`@node-llama-cpp/${p}: ${libs.length} native libraries${needsAddon && !addon ? ", no llama-addon.node" : ""}`);
+    lines.push(`  @node-llama-cpp/${p}: ${files.length} files, ${libs.length} ${libExt.source.replace(/\\|\(.*|\$/g, "")} libraries, ${(files.reduce((n, e) => n + e.size, 0) / 1048576).toFixed(1)} MiB`);
+  }
+  const extra = packages.filter((p) => !t.packages.includes(p));
+  if (extra.length) problems.push(`unexpected packages embedded: ${extra.join(", ")}`);
+  lines.unshift(`${path.basename(file)}: ${header.format} ${header.arch}, ${(statSync(file).size / 1048576).toFixed(1)} MiB, ${entries?.length ?? 0} embedded files${problems.length ? `; PROBLEMS: ${problems.join("; ")}` : ""}`);
+  return { ok: problems.length === 0, lines };
+}
+
 /** dist/SHA256SUMS for every shimmy-* artifact in outdir (sha256sum format). */
 export function writeChecksums(outdir: string): string {
   const lines = readdirSync(outdir)
@@ -309,18 +373,32 @@ export function writeChecksums(outdir: string): string {
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({
+  const { values, positionals } = parseArgs({
     options: {
       all: { type: "boolean" },
       target: { type: "string", multiple: true },
       outdir: { type: "string" },
       "packages-dir": { type: "string" },
       "no-bytecode": { type: "boolean" },
+      inspect: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
+    allowPositionals: true,
   });
+  if (values.inspect) {
+    // bun build.ts --inspect [FILES...]: check artifacts (default: every shimmy-* in the outdir).
+    const dir = path.resolve(values.outdir ?? path.join(ROOT, "dist"));
+    const files = positionals.length ? positionals : readdirSync(dir).filter((f) => f.startsWith("shimmy-")).sort().map((f) => path.join(dir, f));
+    let ok = true;
+    for (const f of files) {
+      const r = inspectArtifact(f);
+      ok &&= r.ok;
+      console.log(r.lines.join("\n"));
+    }
+    process.exit(ok ? 0 : 1);
+  }
   if (values.help) {
-    console.log(`usage: bun build.ts [--all | --target NAME ...] [--outdir DIR] [--packages-dir DIR] [--no-bytecode]\ntargets: ${Object.keys(TARGETS).join(", ")} (default: ${hostTarget()})`);
+    console.log(`usage: bun build.ts [--all | --target NAME ...] [--outdir DIR] [--packages-dir DIR] [--no-bytecode]\n       bun build.ts --inspect [FILES...]   check artifacts' format, architecture and embedded libraries\ntargets: ${Object.keys(TARGETS).join(", ")} (default: ${hostTarget()})`);
     process.exit(0);
   }
   const outdir = path.resolve(values.outdir ?? path.join(ROOT, "dist"));

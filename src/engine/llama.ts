@@ -61,7 +61,8 @@ export async function openBackend(opts: BackendOptions): Promise<NativeBackend> 
     }
   } catch (err) {
     if (err instanceof BackendError) throw err;
-    throw new BackendError(`cannot start llama.cpp (${opts.gpu}): ${(err as Error).message}`, { cause: err });
+    const why = opts.gpu === "cuda" || opts.gpu === "vulkan" || opts.gpu === "metal" ? (await whyNoGpu()).find((w) => w.startsWith(opts.gpu)) : undefined;
+    throw new BackendError(`cannot start llama.cpp with --gpu ${opts.gpu}: ${why ?? (err as Error).message}`, { cause: err });
   }
   if (opts.gpu === "auto" && llama.gpu === false) {
     const why = await whyNoGpu();
