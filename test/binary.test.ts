@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { inspectExecutable } from "../build.ts";
+import { embeddedArchive, inspectArtifact, inspectExecutable } from "../build.ts";
 import { writeTinyModel } from "../src/gguf/presets.ts";
 import { REPO } from "./helpers.ts";
 
@@ -69,6 +69,23 @@ maybe("single-file executable", () => {
     const build = Bun.spawnSync(["bun", path.join(REPO, "build.ts"), "--target", "linux-x64-cpu", "--outdir", again], { cwd: REPO, stdout: "pipe", stderr: "pipe" });
     expect(build.exitCode).toBe(0);
     expect(readFileSync(path.join(again, "SHA256SUMS"), "utf8")).toBe(readFileSync(path.join(tmp, "dist", "SHA256SUMS"), "utf8"));
+  });
+
+  test("--inspect finds the embedded runtime and its native libraries", () => {
+    const artifact = path.join(tmp, "dist", "shimmy-linux-x64-cpu");
+    const entries = embeddedArchive(artifact)!;
+    expect(entries.map((e) => e.path)).toContain("@node-llama-cpp/linux-x64/bins/linux-x64/llama-addon.node");
+    expect(entries.map((e) => e.path)).toContain("node-llama-cpp/package.json");
+    const r = inspectArtifact(artifact);
+    expect(r.ok).toBe(true);
+    expect(r.lines[0]).toMatch(/^shimmy-linux-x64-cpu: elf x64, .* MiB, \d+ embedded files$/);
+    // A file that is not an artifact of its name is refused.
+    const fake = path.join(tmp, "dist", "shimmy-darwin-arm64");
+    copyFileSync(artifact, fake);
+    const bad = inspectArtifact(fake);
+    expect(bad.ok).toBe(false);
+    expect(bad.lines[0]).toContain("is elf/x64, expected macho/arm64");
+    rmSync(fake);
   });
 
   test("works alone and offline: --version, list, generate, serve with SSE and WebSocket", async () => {

@@ -374,6 +374,26 @@ describe("list, probe, bench", () => {
   });
 });
 
+describe("gpu-info", () => {
+  test("reports the backends compiled in, the one in use and why no GPU is used", async () => {
+    const r = await cli(["gpu-info", "--json"], { env: { SHIMMY_GPU: "auto" } });
+    expect(r.code).toBe(0);
+    const j = JSON.parse(r.stdout);
+    expect(j.compiled).toContain("cpu");
+    expect(j.in_use).toBe("cpu");
+    expect(Array.isArray(j.detected)).toBe(true);
+    expect(j.notes.join(" ")).toContain("no GPU backend");
+    const text = await cli(["gpu-info"], { env: { SHIMMY_GPU: "auto" } });
+    expect(stripAnsi(text.stdout)).toMatch(/^compiled in: +cpu\ndetected: .*\nin use: +cpu \(--gpu auto\)\nwhy: +/);
+  });
+
+  test("a backend the build does not carry is exit 2 with what it has", async () => {
+    const r = await cli(["gpu-info", "--gpu", "cuda"]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain("this build does not include the cuda backend (it has: cpu)");
+  });
+});
+
 describe("demo model", () => {
   test("with no model anywhere, generate uses the random-weights demo model and warns", async () => {
     const cwd = path.join(scratch, "demo-gen-cwd");
