@@ -2,7 +2,7 @@
  * The one place that reads environment variables. Every setting has an env var (`SHIMMY_*`) and most
  * have a CLI flag; flags win over env, env wins over defaults.
  */
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 
@@ -30,8 +30,12 @@ export interface Config {
   ctxSize: number;
   /** GPU backend: auto (use one if present, else CPU), cpu, cuda, vulkan, metal. Default auto. Env `SHIMMY_GPU`. */
   gpu: GpuMode;
-  /** Chat template override for every model; `auto` uses the GGUF's own. Default auto. Env `SHIMMY_CHAT_TEMPLATE`. */
-  chatTemplate: ChatTemplateName;
+  /** Chat template for every model: `auto` (the GGUF's own), chatml, llama3, openchat or a Jinja file path. Default auto. Env `SHIMMY_CHAT_TEMPLATE`. */
+  chatTemplate: string;
+  /** Per-model chat templates, from `MODEL=TEMPLATE` items of the same setting (comma separated). */
+  chatTemplates: Record<string, string>;
+  /** Most requests that may wait for one model; more get 503. Default 64. Env `SHIMMY_MAX_QUEUE`. */
+  maxQueue: number;
   /** Serve a generated random-weights demo model when no model is found. Default true. Env `SHIMMY_DEMO_MODEL=0` disables. */
   demoModel: boolean;
   /** Where shimmy keeps generated files (the demo model). Env `SHIMMY_CACHE_DIR`, else `$XDG_CACHE_HOME/shimmy`, else `~/.cache/shimmy`. */
@@ -58,6 +62,29 @@ export function physicalCores(): number {
   return Math.max(1, os.availableParallelism?.() ?? os.cpus().length);
 }
 
+/**
+ * Chat template setting: comma-separated items, each `TEMPLATE` (the default for every model) or
+ * `MODEL=TEMPLATE`; TEMPLATE is auto, chatml, llama3, openchat or the path of a Jinja file.
+ */
+export function parseChatTemplates(name: string, raw: string | undefined): { chatTemplate: string; chatTemplates: Record<string, string> } {
+  const out = { chatTemplate: "auto", chatTemplates: {} as Record<string, string> };
+  for (const item of (raw ?? "").split(",").map((s) => s.trim()).filter(Boolean)) {
+    const eq = item.indexOf("=");
+    const [model, value] = eq > 0 ? [item.slice(0, eq).trim().toLowerCase(), item.slice(eq + 1).trim()] : [undefined, item];
+    if (!(CHAT_TEMPLATES as readonly string[]).includes(value)) {
+      let isFile = false;
+      try {
+        isFile = statSync(value).isFile();
+      } catch {}
+      if (!isFile) throw new RangeError(`${name}: '${value}' is neither one of ${CHAT_TEMPLATES.join(", ")} nor a readable Jinja template file`);
+    }
+    const resolved = (CHAT_TEMPLATES as readonly string[]).includes(value) ? value : path.resolve(value);
+    if (model) out.chatTemplates[model] = resolved;
+    else out.chatTemplate = resolved;
+  }
+  return out;
+}
+
 /** Parses an integer setting and range-checks it; throws RangeError naming the setting. */
 export function parseIntSetting(name: string, raw: string | number | undefined, min: number, max: number): number | undefined {
   if (raw === undefined || raw === "") return undefined;
@@ -81,7 +108,7 @@ function oneOf<T extends string>(name: string, raw: string | undefined, allowed:
 }
 
 /** Settings given on the command line; undefined means "not given". */
-export type ConfigOverrides = Partial<Omit<Config, "threads" | "ctxSize" | "threadsExplicit">> & { threads?: string | number; ctxSize?: string | number };
+export type ConfigOverrides = Partial<Omit<Config, "threads" | "ctxSize" | "threadsExplicit" | "chatTemplates" | "maxQueue">> & { threads?: string | number; ctxSize?: string | number };
 
 /** Builds the effective config from env and CLI overrides. Throws RangeError on invalid values. */
 export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, string | undefined> = process.env): Config {
@@ -100,7 +127,8 @@ export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, 
       parseIntSetting("SHIMMY_CTX_SIZE", env.SHIMMY_CTX_SIZE, 256, 1 << 20) ??
       4096,
     gpu: overrides.gpu ?? oneOf("SHIMMY_GPU", env.SHIMMY_GPU, GPU_MODES) ?? "auto",
-    chatTemplate: overrides.chatTemplate ?? oneOf("SHIMMY_CHAT_TEMPLATE", env.SHIMMY_CHAT_TEMPLATE, CHAT_TEMPLATES) ?? "auto",
+    ...parseChatTemplates(overrides.chatTemplate !== undefined ? "--chat-template" : "SHIMMY_CHAT_TEMPLATE", overrides.chatTemplate ?? env.SHIMMY_CHAT_TEMPLATE),
+    maxQueue: parseIntSetting("SHIMMY_MAX_QUEUE", env.SHIMMY_MAX_QUEUE, 0, 1_000_000) ?? 64,
     demoModel: overrides.demoModel ?? !["0", "false", "no", "off"].includes((env.SHIMMY_DEMO_MODEL ?? "").toLowerCase()),
     cacheDir: overrides.cacheDir ?? (env.SHIMMY_CACHE_DIR || undefined) ?? path.join(env.XDG_CACHE_HOME || path.join(os.homedir(), ".cache"), "shimmy"),
     runtimeDir: overrides.runtimeDir ?? (env.SHIMMY_RUNTIME_DIR || undefined),

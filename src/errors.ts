@@ -15,11 +15,16 @@ export class ShimmyError extends Error {
   }
 }
 
-/** Malformed JSON, a field of the wrong type, a value out of range. */
+/** Malformed JSON, a field of the wrong type, a value out of range. `param` names the field. */
 export class BadRequestError extends ShimmyError {
   override readonly status = 400;
   override readonly type = "invalid_request_error";
   override readonly exitCode = 1;
+  constructor(message: string, options?: { cause?: unknown; param?: string }) {
+    super(message, options);
+    this.param = options?.param;
+  }
+  readonly param: string | undefined;
 }
 
 /** A CLI invocation that cannot run: missing argument, bad flag value. */
@@ -69,3 +74,12 @@ export function toShimmyError(err: unknown, Fallback: new (message: string, opti
   const message = err instanceof Error ? err.message : String(err);
   return new Fallback(message, { cause: err });
 }
+
+/** Too many requests are already waiting for the model. */
+export class OverloadedError extends ShimmyError {
+  override readonly status = 503;
+  override readonly type = "server_overloaded";
+}
+
+/** A valid request that asks for something this model or build cannot do. */
+export class UnsupportedError extends BadRequestError {}

@@ -19,6 +19,9 @@ function fakeEngine(script: string[] = ["Hel", "lo\nwor", "ld"]) {
     }) as any,
     backendInfo: async () => undefined,
     loadedNames: () => [],
+    tokenize: async () => ({ model: "fake", tokens: [1, 2], pieces: ["a", "b"] }),
+    detokenize: async () => ({ model: "fake", text: "ab" }),
+    embed: async () => ({ model: "fake", vectors: [[0.5, 0.25]], promptTokens: 2 }),
     async *generate(name: string, opts: GenerateOptions): AsyncGenerator<TokenEvent, void, undefined> {
       calls.push(opts);
       if (name === "broken") throw new ModelLoadError("failed to load /x/broken.gguf: Failed to load model");

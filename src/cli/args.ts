@@ -1,6 +1,6 @@
 /** Flags shared by several commands, and the one place they turn into a Config and an Engine. */
 import type { ArgsDef } from "citty";
-import { CHAT_TEMPLATES, GPU_MODES, loadConfig, parseFloatSetting, parseIntSetting, type ChatTemplateName, type Config, type GpuMode } from "../config.ts";
+import { GPU_MODES, loadConfig, parseFloatSetting, parseIntSetting, type Config, type GpuMode } from "../config.ts";
 import { Engine } from "../engine/engine.ts";
 import { ModelRegistry } from "../engine/registry.ts";
 import { DEMO_MODEL_NAME, ensureDemoModel } from "../engine/demo.ts";
@@ -18,7 +18,7 @@ export const runtimeArgs = {
   threads: { type: "string", description: "llama.cpp threads (default: physical cores, 1 for models under 64 MiB; SHIMMY_THREADS)", valueHint: "N" },
   "ctx-size": { type: "string", description: "Context size in tokens, capped by the model's (default 4096; SHIMMY_CTX_SIZE)", valueHint: "N" },
   gpu: { type: "enum", options: [...GPU_MODES], description: "GPU backend: auto | cpu | cuda | vulkan | metal (default auto; SHIMMY_GPU)" },
-  "chat-template": { type: "enum", options: [...CHAT_TEMPLATES], description: "Chat template: auto (the GGUF's own) | chatml | llama3 | openchat (SHIMMY_CHAT_TEMPLATE)" },
+  "chat-template": { type: "string", description: "Chat template: auto (the GGUF's own) | chatml | llama3 | openchat | FILE.jinja; MODEL=TEMPLATE for one model; comma separated (SHIMMY_CHAT_TEMPLATE)", valueHint: "T" },
   verbose: { type: "boolean", description: "Log llama.cpp and load details to stderr (SHIMMY_LOG=debug)" },
 } satisfies ArgsDef;
 
@@ -36,7 +36,7 @@ export function configFrom(args: Flags): Config {
       threads: str("threads"),
       ctxSize: str("ctx-size"),
       gpu: str("gpu") as GpuMode | undefined,
-      chatTemplate: str("chat-template") as ChatTemplateName | undefined,
+      chatTemplate: str("chat-template"),
       logLevel: args.verbose === true ? "debug" : undefined,
     });
     setLogLevel(config.logLevel);
@@ -61,7 +61,7 @@ export async function engineFrom(config: Config): Promise<Engine> {
     registry.addFile(await ensureDemoModel(config.cacheDir), "demo");
     log.warn(`no model found: using the built-in demo model '${DEMO_MODEL_NAME}' (RANDOM WEIGHTS: its output is gibberish; it is for trying shimmy). Add models with --model-path, SHIMMY_BASE_GGUF or ./models.`);
   }
-  return new Engine(registry, { gpu: config.gpu, threads: config.threads, threadsExplicit: config.threadsExplicit, ctxSize: config.ctxSize, chatTemplate: config.chatTemplate, cacheDir: config.cacheDir, runtimeDir: config.runtimeDir });
+  return new Engine(registry, { gpu: config.gpu, threads: config.threads, threadsExplicit: config.threadsExplicit, ctxSize: config.ctxSize, chatTemplate: config.chatTemplate, chatTemplates: config.chatTemplates, maxQueue: config.maxQueue, cacheDir: config.cacheDir, runtimeDir: config.runtimeDir });
 }
 
 /** Parses an optional integer flag with a range; throws UsageError naming the flag. */

@@ -5,7 +5,7 @@
  */
 import { statSync } from "node:fs";
 import os from "node:os";
-import { ModelLoadError, ModelNotFoundError, toShimmyError } from "../errors.ts";
+import { BadRequestError, ModelLoadError, ModelNotFoundError, toShimmyError } from "../errors.ts";
 import { log } from "../log.ts";
 import type { NativeBackend, NativeModel } from "./llama.ts";
 import type { ModelRegistry } from "./registry.ts";
@@ -135,7 +135,7 @@ export class Engine {
         await new Promise<void>((r) => (wake = r));
       }
       if (failure) throw toShimmyError(failure);
-      yield { type: "done", model: model.entry.name, text: result!.text, finishReason: result!.finishReason, timings: result!.timings };
+      yield { type: "done", model: model.entry.name, text: result!.text, finishReason: result!.finishReason, timings: result!.timings, ...(result!.toolCalls ? { toolCalls: result!.toolCalls } : {}) };
     } finally {
       opts.signal?.removeEventListener("abort", onOuterAbort);
       if (!ended) controller.abort(new Error("consumer stopped"));
@@ -147,9 +147,35 @@ export class Engine {
   async complete(name: string, opts: GenerateOptions, onToken?: (text: string) => void): Promise<GenerateResult> {
     for await (const ev of this.generate(name, opts)) {
       if (ev.type === "token") onToken?.(ev.text);
-      else return { text: ev.text, finishReason: ev.finishReason, timings: ev.timings };
+      else return { text: ev.text, finishReason: ev.finishReason, timings: ev.timings, ...(ev.toolCalls ? { toolCalls: ev.toolCalls } : {}) };
     }
     throw new Error("generation ended without a result");
+  }
+
+  /** Token ids of `text` for a model (loading it if needed); `special` parses special-token text, `addBos` prepends BOS as a prompt gets it. */
+  async tokenize(name: string, text: string, opts: { special?: boolean; addBos?: boolean } = {}): Promise<{ model: string; tokens: number[]; pieces: string[] }> {
+    const m = await this.load(name);
+    const tokens = m.native.tokenize(text, opts.special ?? false, opts.addBos ?? false);
+    return { model: m.entry.name, tokens, pieces: tokens.map((t) => m.native.detokenize([t])) };
+  }
+
+  /** Text of token ids for a model; ids outside the vocabulary are a BadRequestError. */
+  async detokenize(name: string, tokens: number[]): Promise<{ model: string; text: string }> {
+    const m = await this.load(name);
+    const vocab = m.native.vocabularySize;
+    const bad = tokens.find((t) => !Number.isInteger(t) || t < 0 || (vocab > 0 && t >= vocab));
+    if (bad !== undefined) throw new BadRequestError(`token ${bad} is not in this model's vocabulary (0 to ${vocab - 1})`, { param: "tokens" });
+    return { model: m.entry.name, text: m.native.detokenize(tokens) };
+  }
+
+  /** Embedding vectors for texts or token lists. */
+  async embed(name: string, inputs: Array<string | number[]>, signal?: AbortSignal): Promise<{ model: string; vectors: number[][]; promptTokens: number }> {
+    const m = await this.load(name);
+    if (inputs.some((i) => Array.isArray(i))) {
+      const vocab = m.native.vocabularySize;
+      for (const i of inputs) if (Array.isArray(i) && i.some((t) => !Number.isInteger(t) || t < 0 || (vocab > 0 && t >= vocab))) throw new BadRequestError(`input holds a token id outside this model's vocabulary (0 to ${vocab - 1})`, { param: "input" });
+    }
+    return { model: m.entry.name, ...(await m.native.embed(inputs, signal)) };
   }
 
   /** Unloads every model and stops llama.cpp. */

@@ -2,10 +2,18 @@
  * The one door to native code: the only module that imports node-llama-cpp. Loaded lazily by the
  * engine so that `--help`, `--version` and the server layer never load the addon.
  */
+import { readFileSync } from "node:fs";
 import {
   ChatMLChatWrapper,
   getLlama,
   getLlamaGpuTypes,
+  JinjaTemplateChatWrapper,
+  LlamaChat,
+  TokenBias,
+  type ChatModelFunctionCall,
+  type ChatModelFunctions,
+  type LlamaEmbeddingContext,
+  type LlamaGrammar,
   Llama3ChatWrapper,
   LlamaCompletion,
   LlamaLogLevel,
@@ -21,12 +29,20 @@ import {
   type LlamaModel,
   type Token,
 } from "node-llama-cpp";
-import type { ChatTemplateName } from "../config.ts";
-import { BackendError, GenerationError, ModelLoadError, PromptTooLongError } from "../errors.ts";
+import { BackendError, BadRequestError, GenerationError, ModelLoadError, OverloadedError, PromptTooLongError, UnsupportedError } from "../errors.ts";
 import { log } from "../log.ts";
+// node-llama-cpp's JSON grammar lets integers carry an exponent with up to 16 digits
+// ("36504E60715" parses to Infinity and fails `"type": "integer"`). Narrow it here, once, for every
+// grammar: integers get no exponent, fractional numbers an exponent of at most 2 digits.
+import { GbnfNumber } from "../../node_modules/node-llama-cpp/dist/utils/gbnfJson/terminals/GbnfNumber.js";
 import { nativeBuildInfo } from "./runtime.ts";
 import { StopMatcher } from "./stop.ts";
-import type { BackendInfo, BackendOptions, ChatMessage, FinishReason, GenerateOptions, GenerateResult, ModelEntry } from "./types.ts";
+import type { BackendInfo, BackendOptions, ChatMessage, FinishReason, GenerateOptions, GenerateResult, ModelEntry, ToolCall, ToolDefinition } from "./types.ts";
+
+GbnfNumber.prototype.getGrammar = function (this: { allowFractional: boolean }) {
+  const num = '"-"? ("0" | [1-9] [0-9]{0,15})';
+  return this.allowFractional ? `${num} ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,2})?` : num;
+};
 
 const LOG_TAIL = 20;
 /** Below this size a model runs on 1 thread unless threads were set explicitly. */
@@ -156,7 +172,7 @@ export class NativeBackend {
         threads,
         ...(entry.lora ? { lora: { adapters: [{ filePath: entry.lora }] } } : {}),
       });
-      return new NativeModel(model, context, this.opts.chatTemplate, threads);
+      return new NativeModel(model, context, this.opts.chatTemplates?.[entry.name] ?? this.opts.chatTemplate, threads, this.opts.maxQueue);
     } catch (err) {
       await model?.dispose().catch(() => {});
       const detail = this.recentLog.filter((l) => /error|fail|invalid|unable|cannot/i.test(l)).slice(-3).join("; ");
@@ -214,17 +230,21 @@ const OPENCHAT = () =>
     },
   });
 
-/** A FIFO of waiters for the context's sequences (slots). */
+/** A FIFO of waiters for the context's sequences (slots), with a bound on how many may wait. */
 class SlotPool {
   private readonly free: LlamaContextSequence[] = [];
   private readonly waiters: Array<(s: LlamaContextSequence) => void> = [];
-  constructor(context: LlamaContext) {
+  constructor(
+    context: LlamaContext,
+    private readonly maxQueue: number,
+  ) {
     for (let i = 0; i < context.totalSequences; i++) this.free.push(context.getSequence());
   }
-  /** Resolves with a free slot; rejects with the signal's reason if aborted while waiting. */
+  /** Resolves with a free slot; rejects with the signal's reason if aborted while waiting, or OverloadedError when the queue is full. */
   acquire(signal?: AbortSignal): Promise<LlamaContextSequence> {
     const s = this.free.shift();
     if (s) return Promise.resolve(s);
+    if (this.waiters.length >= this.maxQueue) return Promise.reject(new OverloadedError(`server overloaded: ${this.waiters.length} requests are already waiting for this model; retry later`));
     return new Promise((resolve, reject) => {
       const waiter = (seq: LlamaContextSequence) => {
         signal?.removeEventListener("abort", onAbort);
@@ -246,18 +266,80 @@ class SlotPool {
   }
 }
 
+let callCounter = 0;
+/** An OpenAI-style tool call id. */
+function newCallId(): string {
+  return `call_${Date.now().toString(36)}${(callCounter++).toString(36)}${Math.random().toString(36).slice(2, 8)}`;
+}
+
+/** JSON schemas from clients may carry keywords the grammar compiler does not know: keep what it understands. */
+function toGbnfSchema(schema: unknown): any {
+  if (schema === null || typeof schema !== "object") return schema;
+  if (Array.isArray(schema)) return schema.map(toGbnfSchema);
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(schema as Record<string, unknown>)) {
+    if (k === "$schema" || k === "title" || k === "examples" || k === "default" || k === "strict") continue;
+    out[k] = k === "properties" || k === "$defs" ? Object.fromEntries(Object.entries(v as object).map(([pk, pv]) => [pk, toGbnfSchema(pv)])) : toGbnfSchema(v);
+  }
+  if (out.type === "object" && out.properties === undefined && out.additionalProperties === undefined) out.additionalProperties = true;
+  return out;
+}
+
+type Emit = (text: string) => void;
+
+/** Timing bookkeeping of one generation. */
+class Clock {
+  tStart = performance.now();
+  tFirst: number | undefined;
+  generated = 0;
+  constructor(
+    readonly tCall: number,
+    readonly tReady: number,
+    readonly promptTokens: number,
+  ) {}
+  onTokens(n: number) {
+    this.tFirst ??= performance.now();
+    this.generated += n;
+  }
+  result(text: string, finishReason: FinishReason, toolCalls?: ToolCall[]): GenerateResult {
+    const tEnd = performance.now();
+    const promptMs = (this.tFirst ?? tEnd) - this.tStart;
+    const generateMs = this.tFirst === undefined ? 0 : tEnd - this.tFirst;
+    return {
+      text,
+      finishReason,
+      ...(toolCalls?.length ? { toolCalls } : {}),
+      timings: {
+        promptTokens: this.promptTokens,
+        promptMs,
+        promptTokensPerSecond: promptMs > 0 ? (this.promptTokens * 1000) / promptMs : 0,
+        generatedTokens: this.generated,
+        generateMs,
+        tokensPerSecond: generateMs > 0 ? ((this.generated - 1) * 1000) / generateMs : 0,
+        ttftMs: (this.tFirst ?? tEnd) - this.tCall,
+        queueMs: this.tStart - this.tReady,
+        totalMs: tEnd - this.tCall,
+      },
+    };
+  }
+}
+
 export class NativeModel {
   private readonly slots: SlotPool;
   private autoWrapper: ChatWrapper | undefined;
+  private readonly jinjaWrappers = new Map<string, ChatWrapper>();
+  private embedding: Promise<LlamaEmbeddingContext> | undefined;
 
   constructor(
     private readonly model: LlamaModel,
     private readonly context: LlamaContext,
-    private readonly defaultTemplate: ChatTemplateName,
+    /** Built-in template name or Jinja file path used when a request names none. */
+    private readonly defaultTemplate: string,
     /** llama.cpp threads this model's context uses. */
     readonly threads: number,
+    maxQueue = 64,
   ) {
-    this.slots = new SlotPool(context);
+    this.slots = new SlotPool(context, maxQueue);
   }
 
   /** Whether LlamaCompletion puts a BOS token before the prompt. */
@@ -273,7 +355,7 @@ export class NativeModel {
     return this.model.trainContextSize;
   }
 
-  private chatWrapper(name: ChatTemplateName): ChatWrapper {
+  private chatWrapper(name: string): ChatWrapper {
     switch (name) {
       case "chatml":
         return new ChatMLChatWrapper();
@@ -281,144 +363,329 @@ export class NativeModel {
         return new Llama3ChatWrapper();
       case "openchat":
         return OPENCHAT();
-      default:
+      case "auto":
         return (this.autoWrapper ??= resolveChatWrapper(this.model));
+      default: {
+        // A Jinja template file (validated when the setting was read).
+        let w = this.jinjaWrappers.get(name);
+        if (!w) {
+          w = new JinjaTemplateChatWrapper({ template: readFileSync(name, "utf8"), tokenizer: this.model.tokenizer });
+          this.jinjaWrappers.set(name, w);
+        }
+        return w;
+      }
     }
   }
 
-  /** The prompt as tokens (BOS excluded: the completion prepends it) and the template's stop triggers. */
-  private renderPrompt(opts: GenerateOptions): { tokens: Token[]; triggers: LlamaText[] } {
-    const tokenizer = this.model.tokenizer;
-    if (!opts.messages?.length && opts.system === undefined) {
-      return { tokens: tokenizer(opts.prompt ?? "", false, "trimLeadingSpace"), triggers: [] };
-    }
+  /** Chat messages as node-llama-cpp history: a tool call and its result become one functionCall item. */
+  private history(opts: GenerateOptions, extraSystem?: string): ChatHistoryItem[] {
     const messages: ChatMessage[] = opts.messages?.length ? [...opts.messages] : [{ role: "user", content: opts.prompt ?? "" }];
     if (opts.system !== undefined && messages[0]?.role !== "system") messages.unshift({ role: "system", content: opts.system });
-    const history: ChatHistoryItem[] = messages.map((m) =>
-      m.role === "system" ? { type: "system", text: m.content } : m.role === "user" ? { type: "user", text: m.content } : { type: "model", response: [m.content] },
-    );
+    if (extraSystem) {
+      if (messages[0]?.role === "system") messages[0] = { ...messages[0], content: `${messages[0].content}\n\n${extraSystem}` };
+      else messages.unshift({ role: "system", content: extraSystem });
+    }
+    const results = new Map(messages.filter((m) => m.role === "tool" && m.toolCallId).map((m) => [m.toolCallId!, m.content]));
+    const history: ChatHistoryItem[] = [];
+    for (const m of messages) {
+      if (m.role === "system") history.push({ type: "system", text: m.content });
+      else if (m.role === "user") history.push({ type: "user", text: m.content });
+      else if (m.role === "assistant") {
+        const response: Array<string | ChatModelFunctionCall> = m.content ? [m.content] : [];
+        for (const c of m.toolCalls ?? []) {
+          let params: unknown = c.arguments;
+          try {
+            params = JSON.parse(c.arguments);
+          } catch {}
+          response.push({ type: "functionCall", name: c.name, params, result: results.get(c.id) ?? "" });
+        }
+        history.push({ type: "model", response });
+      } else if (!m.toolCallId || !results.has(m.toolCallId) || !messages.some((a) => a.toolCalls?.some((c) => c.id === m.toolCallId))) {
+        // A tool result without its call in the history: show it to the model as user text.
+        history.push({ type: "user", text: `Tool result${m.toolCallId ? ` (${m.toolCallId})` : ""}: ${m.content}` });
+      }
+    }
     if (history.at(-1)?.type !== "model") history.push({ type: "model", response: [] });
-    const state = this.chatWrapper(opts.chatTemplate ?? this.defaultTemplate).generateContextState({ chatHistory: history });
+    return history;
+  }
+
+  /** Prompt tokens without BOS (the completion prepends it), plus the template's stop triggers. */
+  private renderPrompt(opts: GenerateOptions, extraSystem?: string): { tokens: Token[]; triggers: LlamaText[] } {
+    const tokenizer = this.model.tokenizer;
+    if (!opts.messages?.length && opts.system === undefined && !extraSystem) {
+      return { tokens: tokenizer(opts.prompt ?? "", false, "trimLeadingSpace"), triggers: [] };
+    }
+    const state = this.chatWrapper(opts.chatTemplate ?? this.defaultTemplate).generateContextState({ chatHistory: this.history(opts, extraSystem) });
     let tokens = state.contextText.tokenize(tokenizer);
-    // The completion prepends BOS itself when the model wants one: drop the template's copy.
     const bos = this.prependsBos ? this.model.tokens.bos : null;
     while (bos != null && tokens[0] === bos) tokens = tokens.slice(1);
     return { tokens, triggers: state.stopGenerationTriggers };
   }
 
-  /**
-   * Generates on a free slot (waits FIFO for one), calling `onText` with each safe piece of text:
-   * stop sequences are held back until ruled out and never emitted. Resolves when generation ends,
-   * including by abort (finish reason `abort`). Throws PromptTooLongError before any text.
-   * `tCall` is when the caller received the request (TTFT counts from it, model load included);
-   * `tReady` is when the model was ready (queue time counts from it).
-   */
-  async generate(opts: GenerateOptions, onText: (text: string) => void, tCall = performance.now(), tReady = tCall): Promise<GenerateResult> {
-    const { tokens, triggers } = this.renderPrompt(opts);
-    const promptTokens = tokens.length + (this.prependsBos ? 1 : 0);
-    if (promptTokens >= this.contextSize) throw new PromptTooLongError(promptTokens, this.contextSize);
-    const room = this.contextSize - promptTokens;
-    const maxTokens = opts.maxTokens === undefined ? room : Math.min(opts.maxTokens, room);
-    let text = "";
-    let finishReason: FinishReason = "abort";
-    let tStart = performance.now();
-    let tFirst: number | undefined;
-    let generatedTokens = 0;
-    const finish = (): GenerateResult => {
-      const tEnd = performance.now();
-      const promptMs = (tFirst ?? tEnd) - tStart;
-      const generateMs = tFirst === undefined ? 0 : tEnd - tFirst;
-      return {
-        text,
-        finishReason,
-        timings: {
-          promptTokens,
-          promptMs,
-          promptTokensPerSecond: promptMs > 0 ? (promptTokens * 1000) / promptMs : 0,
-          generatedTokens,
-          generateMs,
-          tokensPerSecond: generateMs > 0 ? ((generatedTokens - 1) * 1000) / generateMs : 0,
-          ttftMs: (tFirst ?? tEnd) - tCall,
-          queueMs: tStart - tReady,
-          totalMs: tEnd - tCall,
-        },
-      };
+  private promptTokensOf(tokens: Token[]): number {
+    const n = tokens.length + (this.prependsBos ? 1 : 0);
+    if (n >= this.contextSize) throw new PromptTooLongError(n, this.contextSize);
+    return n;
+  }
+
+  private samplingOptions(opts: GenerateOptions) {
+    const penalized = [opts.repeatPenalty, opts.frequencyPenalty, opts.presencePenalty].some((v) => v !== undefined && v !== 0 && v !== 1) || (opts.frequencyPenalty ?? 0) !== 0 || (opts.presencePenalty ?? 0) !== 0;
+    let tokenBias: TokenBias | undefined;
+    if (opts.logitBias && Object.keys(opts.logitBias).length) {
+      tokenBias = new TokenBias(this.model.tokenizer);
+      const vocab = this.vocabularySize || Number.MAX_SAFE_INTEGER;
+      for (const [id, bias] of Object.entries(opts.logitBias)) {
+        const token = Number(id);
+        if (!Number.isInteger(token) || token < 0 || token >= vocab) throw new BadRequestError(`logit_bias: ${id} is not a token id of this model (0 to ${vocab - 1})`, { param: "logit_bias" });
+        tokenBias.set(token as Token, bias <= -100 ? "never" : { logit: bias });
+      }
+    }
+    return {
+      temperature: opts.temperature ?? 0.8,
+      topK: opts.topK ?? 40,
+      topP: opts.topP ?? 0.95,
+      minP: opts.minP ?? 0.05,
+      seed: opts.seed,
+      tokenBias,
+      repeatPenalty: penalized
+        ? { penalty: opts.repeatPenalty ?? 1, frequencyPenalty: opts.frequencyPenalty || undefined, presencePenalty: opts.presencePenalty || undefined, lastTokens: 64 }
+        : (false as const),
     };
+  }
+
+  private async grammarFor(format: GenerateOptions["responseFormat"], llama: Llama): Promise<LlamaGrammar | undefined> {
+    if (!format || format.type === "text") return undefined;
+    if (format.type === "json_object") return llama.getGrammarFor("json");
+    try {
+      return await llama.createGrammarForJsonSchema(toGbnfSchema(format.schema));
+    } catch (err) {
+      throw new UnsupportedError(`response_format json_schema cannot be enforced: ${(err as Error).message}`, { param: "response_format" });
+    }
+  }
+
+  /** Runs `work` on a free slot; an abort while waiting resolves with `onAbortWhileQueued()`. */
+  private async onSlot<T>(signal: AbortSignal | undefined, onAbortWhileQueued: () => T, work: (seq: LlamaContextSequence) => Promise<T>): Promise<T> {
     let seq: LlamaContextSequence;
     try {
-      seq = await this.slots.acquire(opts.signal);
+      seq = await this.slots.acquire(signal);
     } catch (err) {
-      if (opts.signal?.aborted) return finish();
+      if (signal?.aborted) return onAbortWhileQueued();
       throw err;
     }
-    tStart = performance.now();
-    const completion = new LlamaCompletion({ contextSequence: seq, autoDisposeSequence: false });
-    // Our own controller: a stop sequence ends generation the same way an abort does.
-    const controller = new AbortController();
-    const onAbort = () => controller.abort(opts.signal?.reason);
-    opts.signal?.addEventListener("abort", onAbort, { once: true });
-    const matcher = new StopMatcher(opts.stop ?? []);
-    let stopHit = false;
-    const emit = (piece: string) => {
-      if (!piece) return;
-      text += piece;
-      onText(piece);
-    };
     try {
-      if (opts.signal?.aborted) return finish();
-      const res = await completion.generateCompletionWithMeta(tokens, {
-        signal: controller.signal,
-        stopOnAbortSignal: true,
-        maxTokens,
-        temperature: opts.temperature ?? 0.8,
-        topK: opts.topK ?? 40,
-        topP: opts.topP ?? 0.95,
-        minP: opts.minP ?? 0.05,
-        seed: opts.seed,
-        repeatPenalty: opts.repeatPenalty === undefined || opts.repeatPenalty === 1 ? false : { penalty: opts.repeatPenalty, lastTokens: 64 },
-        customStopTriggers: triggers.length ? triggers : undefined,
-        disableContextShift: true,
-        onToken: (t) => {
-          tFirst ??= performance.now();
-          generatedTokens += t.length;
-        },
-        onTextChunk: (chunk) => {
-          if (stopHit) return;
-          const { emit: safe, stopped } = matcher.push(chunk);
-          emit(safe);
-          if (stopped) {
-            stopHit = true;
-            controller.abort(new Error("stop sequence"));
-          }
-        },
-      });
-      const reason = res.metadata.stopReason;
-      if (stopHit) finishReason = "stop";
-      else if (opts.signal?.aborted || reason === "abort") finishReason = "abort";
-      else {
-        emit(matcher.flush());
-        finishReason = reason === "maxTokens" ? "length" : "stop";
-      }
-      return finish();
-    } catch (err) {
-      if (stopHit || opts.signal?.aborted) {
-        finishReason = stopHit ? "stop" : "abort";
-        return finish();
-      }
-      throw new GenerationError(`generation failed: ${(err as Error).message}`, { cause: err });
+      return await work(seq);
     } finally {
-      opts.signal?.removeEventListener("abort", onAbort);
-      completion.dispose({ disposeSequence: false });
       this.slots.release(seq);
     }
   }
 
-  /** Number of tokens `text` encodes to (no BOS). */
-  countTokens(text: string): number {
-    return this.model.tokenize(text, false).length;
+  /**
+   * Generates on a free slot (waits FIFO for one), calling `onText` with each safe piece of text:
+   * stop sequences are held back until ruled out and never emitted. Resolves when generation ends,
+   * including by abort (finish reason `abort`). Throws PromptTooLongError, UnsupportedError or
+   * OverloadedError before any text. With tools, the result may carry `toolCalls`.
+   * `tCall` is when the caller received the request (TTFT counts from it, model load included);
+   * `tReady` is when the model was ready (queue time counts from it).
+   */
+  async generate(opts: GenerateOptions, onText: Emit, tCall = performance.now(), tReady = tCall): Promise<GenerateResult> {
+    const tools = opts.toolChoice === "none" ? [] : (opts.tools ?? []);
+    if (tools.length && opts.responseFormat && opts.responseFormat.type !== "text") throw new UnsupportedError("response_format cannot be combined with tools", { param: "response_format" });
+    if (tools.length && (opts.toolChoice === "required" || typeof opts.toolChoice === "object")) return this.generateForcedToolCall(opts, tools, onText, tCall, tReady);
+    if (tools.length) return this.generateWithFunctions(opts, tools, onText, tCall, tReady);
+    return this.generateCompletion(opts, onText, tCall, tReady);
+  }
+
+  /** Plain generation (raw or chat-templated prompt), optionally grammar-constrained. */
+  private async generateCompletion(opts: GenerateOptions, onText: Emit, tCall: number, tReady: number, extraSystem?: string, grammarOverride?: LlamaGrammar): Promise<GenerateResult> {
+    const { tokens, triggers } = this.renderPrompt(opts, extraSystem);
+    const promptTokens = this.promptTokensOf(tokens);
+    const room = this.contextSize - promptTokens;
+    const maxTokens = opts.maxTokens === undefined ? room : Math.min(opts.maxTokens, room);
+    const sampling = this.samplingOptions(opts);
+    const grammar = grammarOverride ?? (await this.grammarFor(opts.responseFormat, this.model.llama));
+    const clock = new Clock(tCall, tReady, promptTokens);
+    return this.onSlot(opts.signal, () => clock.result("", "abort"), async (seq) => {
+      clock.tStart = performance.now();
+      const completion = new LlamaCompletion({ contextSequence: seq, autoDisposeSequence: false });
+      // Our own controller: a stop sequence ends generation the same way an abort does.
+      const controller = new AbortController();
+      const onAbort = () => controller.abort(opts.signal?.reason);
+      opts.signal?.addEventListener("abort", onAbort, { once: true });
+      const matcher = new StopMatcher(opts.stop ?? []);
+      let stopHit = false;
+      let text = "";
+      const emit = (piece: string) => {
+        if (!piece) return;
+        text += piece;
+        onText(piece);
+      };
+      try {
+        if (opts.signal?.aborted) return clock.result("", "abort");
+        const res = await completion.generateCompletionWithMeta(tokens, {
+          ...sampling,
+          grammar,
+          signal: controller.signal,
+          stopOnAbortSignal: true,
+          maxTokens,
+          customStopTriggers: triggers.length ? triggers : undefined,
+          disableContextShift: true,
+          onToken: (t) => clock.onTokens(t.length),
+          onTextChunk: (chunk) => {
+            if (stopHit) return;
+            const { emit: safe, stopped } = matcher.push(chunk);
+            emit(safe);
+            if (stopped) {
+              stopHit = true;
+              controller.abort(new Error("stop sequence"));
+            }
+          },
+        });
+        const reason = res.metadata.stopReason;
+        if (stopHit) return clock.result(text, "stop");
+        if (opts.signal?.aborted || reason === "abort") return clock.result(text, "abort");
+        emit(matcher.flush());
+        return clock.result(text, reason === "maxTokens" ? "length" : "stop");
+      } catch (err) {
+        if (stopHit || opts.signal?.aborted) return clock.result(text, stopHit ? "stop" : "abort");
+        throw new GenerationError(`generation failed: ${(err as Error).message}`, { cause: err });
+      } finally {
+        opts.signal?.removeEventListener("abort", onAbort);
+        completion.dispose({ disposeSequence: false });
+      }
+    });
+  }
+
+  /**
+   * `tool_choice` required or a named function: the output is constrained by a JSON-schema grammar
+   * to `{"name": <a tool>, "arguments": <its parameters>}`, so the call is valid for any model.
+   */
+  private async generateForcedToolCall(opts: GenerateOptions, tools: ToolDefinition[], onText: Emit, tCall: number, tReady: number): Promise<GenerateResult> {
+    const wanted = typeof opts.toolChoice === "object" ? tools.filter((t) => t.name === (opts.toolChoice as { name: string }).name) : tools;
+    if (!wanted.length) throw new BadRequestError(`tool_choice names function '${(opts.toolChoice as { name: string }).name}', which is not in tools`, { param: "tool_choice" });
+    const variants = wanted.map((t) => ({ type: "object", properties: { name: { const: t.name }, arguments: toGbnfSchema(t.parameters ?? { type: "object", properties: {} }) } }));
+    const schema = variants.length === 1 ? variants[0] : { oneOf: variants };
+    let grammar: LlamaGrammar;
+    try {
+      grammar = await this.model.llama.createGrammarForJsonSchema(schema as any);
+    } catch (err) {
+      throw new UnsupportedError(`tool parameters cannot be enforced: ${(err as Error).message}`, { param: "tools" });
+    }
+    const doc = wanted.map((t) => JSON.stringify({ name: t.name, description: t.description, parameters: t.parameters })).join("\n");
+    const instruction = `You can call these functions:\n${doc}\nCall ${wanted.length === 1 ? `the function ${wanted[0]!.name}` : "one of them"} now: reply with only a JSON object {"name": ..., "arguments": {...}}.`;
+    const r = await this.generateCompletion({ ...opts, stop: undefined, responseFormat: undefined }, () => {}, tCall, tReady, instruction, grammar);
+    if (r.finishReason !== "stop") return { ...r, text: "" };
+    let call: { name: string; arguments: unknown };
+    try {
+      call = JSON.parse(r.text);
+    } catch (err) {
+      throw new GenerationError(`the forced tool call did not parse: ${(err as Error).message}`);
+    }
+    return { ...r, text: "", finishReason: "tool_calls", toolCalls: [{ id: newCallId(), name: call.name, arguments: JSON.stringify(call.arguments ?? {}) }] };
+  }
+
+  /** `tool_choice` auto: node-llama-cpp's function calling through the chat template's own syntax. */
+  private async generateWithFunctions(opts: GenerateOptions, tools: ToolDefinition[], onText: Emit, tCall: number, tReady: number): Promise<GenerateResult> {
+    const functions: ChatModelFunctions = Object.fromEntries(tools.map((t) => [t.name, { description: t.description, params: t.parameters ? toGbnfSchema(t.parameters) : undefined }]));
+    const history = this.history(opts);
+    const wrapper = this.chatWrapper(opts.chatTemplate ?? this.defaultTemplate);
+    const state = wrapper.generateContextState({ chatHistory: wrapper.addAvailableFunctionsSystemMessageToHistory(history, functions, { documentParams: true }), availableFunctions: functions, documentFunctionParams: true });
+    const promptTokens = this.promptTokensOf(state.contextText.tokenize(this.model.tokenizer));
+    const room = this.contextSize - promptTokens;
+    const maxTokens = opts.maxTokens === undefined ? room : Math.min(opts.maxTokens, room);
+    const sampling = this.samplingOptions(opts);
+    const clock = new Clock(tCall, tReady, promptTokens);
+    return this.onSlot(opts.signal, () => clock.result("", "abort"), async (seq) => {
+      clock.tStart = performance.now();
+      const chat = new LlamaChat({ contextSequence: seq, chatWrapper: wrapper, autoDisposeSequence: false });
+      const controller = new AbortController();
+      const onAbort = () => controller.abort(opts.signal?.reason);
+      opts.signal?.addEventListener("abort", onAbort, { once: true });
+      const matcher = new StopMatcher(opts.stop ?? []);
+      let stopHit = false;
+      let text = "";
+      const emit = (piece: string) => {
+        if (!piece) return;
+        text += piece;
+        onText(piece);
+      };
+      try {
+        await seq.clearHistory();
+        const res = await chat.generateResponse(history, {
+          ...sampling,
+          functions,
+          documentFunctionParams: true,
+          maxTokens,
+          signal: controller.signal,
+          stopOnAbortSignal: true,
+          onToken: (t) => clock.onTokens(t.length),
+          onTextChunk: (chunk) => {
+            if (stopHit) return;
+            const { emit: safe, stopped } = matcher.push(chunk);
+            emit(safe);
+            if (stopped) {
+              stopHit = true;
+              controller.abort(new Error("stop sequence"));
+            }
+          },
+        });
+        if (res.functionCalls?.length) {
+          const calls = res.functionCalls.map((c) => ({ id: newCallId(), name: c.functionName, arguments: JSON.stringify(c.params ?? {}) }));
+          return clock.result(text, "tool_calls", calls);
+        }
+        if (stopHit) return clock.result(text, "stop");
+        if (opts.signal?.aborted || res.metadata.stopReason === "abort") return clock.result(text, "abort");
+        emit(matcher.flush());
+        return clock.result(text, res.metadata.stopReason === "maxTokens" ? "length" : "stop");
+      } catch (err) {
+        if (stopHit || opts.signal?.aborted) return clock.result(text, stopHit ? "stop" : "abort");
+        throw new GenerationError(`generation failed: ${(err as Error).message}`, { cause: err });
+      } finally {
+        opts.signal?.removeEventListener("abort", onAbort);
+        chat.dispose({ disposeSequence: false });
+      }
+    });
+  }
+
+  /** Token ids of `text`; `special` parses special-token text (`<|im_start|>`) as special tokens; `addBos` prepends BOS when the model's prompts get one. */
+  tokenize(text: string, special = false, addBos = false): number[] {
+    const tokens = this.model.tokenize(text, special) as number[];
+    return addBos && this.prependsBos ? [this.model.tokens.bos as number, ...tokens] : tokens;
+  }
+
+  /** Text of each token (`piece`) or of a token list. */
+  detokenize(tokens: readonly number[]): string {
+    return this.model.detokenize(tokens as Token[]);
+  }
+
+  /** Number of tokens in the vocabulary (from the GGUF's token list). */
+  get vocabularySize(): number {
+    const md = this.model.fileInfo.metadata as { tokenizer?: { ggml?: { tokens?: readonly string[] } } };
+    return md.tokenizer?.ggml?.tokens?.length ?? 0;
+  }
+
+  /** Embedding vectors of texts or token lists, through one lazily created embedding context. */
+  async embed(inputs: Array<string | number[]>, signal?: AbortSignal): Promise<{ vectors: number[][]; promptTokens: number }> {
+    const embeddingContextSize = Math.min(this.contextSize, this.model.trainContextSize || this.contextSize);
+    this.embedding ??= this.model.createEmbeddingContext({ contextSize: embeddingContextSize, threads: this.threads });
+    this.embedding.catch(() => (this.embedding = undefined));
+    const ctx = await this.embedding.catch((err) => {
+      throw new UnsupportedError(`this model cannot produce embeddings: ${(err as Error).message}`, { param: "model" });
+    });
+    const vectors: number[][] = [];
+    let promptTokens = 0;
+    for (const input of inputs) {
+      if (signal?.aborted) throw signal.reason;
+      const tokens = typeof input === "string" ? this.model.tokenize(input, false) : (input as Token[]);
+      const n = ctx.calculateInputLength(tokens);
+      if (n > embeddingContextSize) throw new PromptTooLongError(n, embeddingContextSize);
+      promptTokens += n;
+      vectors.push([...(await ctx.getEmbeddingFor(tokens)).vector]);
+    }
+    return { vectors, promptTokens };
   }
 
   async dispose(): Promise<void> {
+    await (await this.embedding?.catch(() => undefined))?.dispose().catch(() => {});
     await this.context.dispose().catch(() => {});
     await this.model.dispose().catch(() => {});
   }

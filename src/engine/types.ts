@@ -1,10 +1,35 @@
 /** Engine-level types: no HTTP, no TypeBox, no citty. */
 import type { ChatTemplateName, GpuMode } from "../config.ts";
 
-export interface ChatMessage {
-  role: "system" | "user" | "assistant";
-  content: string;
+export interface ToolCall {
+  /** Call id (`call_...`), echoed back by the tool's result message. */
+  id: string;
+  name: string;
+  /** Arguments as a JSON text. */
+  arguments: string;
 }
+
+export interface ChatMessage {
+  role: "system" | "user" | "assistant" | "tool";
+  content: string;
+  /** Assistant messages: the tool calls the model made. */
+  toolCalls?: ToolCall[];
+  /** Tool messages: which call this is the result of. */
+  toolCallId?: string;
+}
+
+/** A function the model may call; `parameters` is a JSON schema. */
+export interface ToolDefinition {
+  name: string;
+  description?: string;
+  parameters?: Record<string, unknown>;
+}
+
+/** `auto`: the model decides; `none`: no calls; `required`: some call; `{ name }`: that function. */
+export type ToolChoice = "auto" | "none" | "required" | { name: string };
+
+/** Output constraint enforced by a grammar at generation time. */
+export type ResponseFormat = { type: "text" } | { type: "json_object" } | { type: "json_schema"; schema: Record<string, unknown> };
 
 /** Sampling knobs; undefined means the engine default noted on each field. */
 export interface SamplingOptions {
@@ -20,6 +45,12 @@ export interface SamplingOptions {
   repeatPenalty?: number;
   /** RNG seed for sampling. Default: random per request. */
   seed?: number;
+  /** Subtract `n x frequencyPenalty` from a token seen n times in the last 64. Default 0. */
+  frequencyPenalty?: number;
+  /** Subtract presencePenalty from any token seen in the last 64. Default 0. */
+  presencePenalty?: number;
+  /** Token id -> bias added to its logit; <= -100 bans the token. */
+  logitBias?: Record<number, number>;
 }
 
 export interface GenerateOptions extends SamplingOptions {
@@ -35,11 +66,17 @@ export interface GenerateOptions extends SamplingOptions {
   stop?: string[];
   /** Chat template for this request; default the server's setting (itself default `auto`). */
   chatTemplate?: ChatTemplateName;
+  /** Constrain the output to JSON (any object, or a schema). Default text. */
+  responseFormat?: ResponseFormat;
+  /** Functions the model may call (chat requests only). */
+  tools?: ToolDefinition[];
+  /** Default `auto` when tools are given. */
+  toolChoice?: ToolChoice;
   /** Aborting stops generation within one token; the stream then ends with finish reason `abort`. */
   signal?: AbortSignal;
 }
 
-export type FinishReason = "stop" | "length" | "abort";
+export type FinishReason = "stop" | "length" | "abort" | "tool_calls";
 
 /** Timings carried with every result (llama.cpp server vocabulary in comments). */
 export interface Timings {
@@ -65,12 +102,14 @@ export interface Timings {
 
 export type TokenEvent =
   | { type: "token"; text: string }
-  | { type: "done"; model: string; text: string; finishReason: FinishReason; timings: Timings };
+  | { type: "done"; model: string; text: string; finishReason: FinishReason; timings: Timings; toolCalls?: ToolCall[] };
 
 export interface GenerateResult {
   text: string;
   finishReason: FinishReason;
   timings: Timings;
+  /** Set when the model called tools (finish reason `tool_calls`). */
+  toolCalls?: ToolCall[];
 }
 
 export type ModelSource = "env" | "model-path" | "dir" | "demo";
@@ -98,7 +137,12 @@ export interface BackendOptions {
   /** When false (the default thread count), models under 64 MiB run on 1 thread: for them, syncing ggml's threads costs more than it gains (measured 2700 tok/s on 1 thread vs 110 on 2). */
   threadsExplicit?: boolean;
   ctxSize: number;
-  chatTemplate: ChatTemplateName;
+  /** Default chat template: a built-in name or a Jinja file path. */
+  chatTemplate: string;
+  /** Per-model chat templates (model name -> built-in name or Jinja file path). */
+  chatTemplates?: Record<string, string>;
+  /** Most requests that may wait for a model's slot; more are refused (503). Default 64. */
+  maxQueue?: number;
   /** Cache dir and runtime dir override, for a single-file executable's native files (see runtime.ts). */
   cacheDir?: string;
   runtimeDir?: string;

@@ -6,10 +6,11 @@ import type { TSchema } from "@sinclair/typebox";
 import { Elysia } from "elysia";
 import type { Config } from "../config.ts";
 import type { ModelRegistry } from "../engine/registry.ts";
-import { ShimmyError } from "../errors.ts";
+import { BadRequestError, ShimmyError } from "../errors.ts";
 import { log } from "../log.ts";
 import { errorJson, type ServingEngine } from "./http.ts";
 import { nativeRoutes } from "./routes/native.ts";
+import { openaiErrorResponse, openaiRoutes } from "./routes/openai.ts";
 import { violationMessage } from "./validation.ts";
 import { opsRoutes } from "./routes/ops.ts";
 
@@ -17,6 +18,22 @@ export interface AppDeps {
   engine: ServingEngine;
   registry?: ModelRegistry;
   config?: Partial<Config>;
+}
+
+/** Routes answered in OpenAI's error shape. */
+const OPENAI_PATHS = /^\/(v1\/|tokenize$|detokenize$)/;
+
+class RouteNotFoundError extends ShimmyError {
+  override readonly status = 404;
+  override readonly type = "not_found";
+}
+
+class InternalError extends ShimmyError {}
+
+/** The field a schema violation is about, dotted (`messages.0.role`). */
+function validationParam(error: unknown): string | undefined {
+  const p = (error as { all?: Array<{ path?: string }> }).all?.[0]?.path;
+  return p ? p.replace(/^\//, "").replace(/\//g, ".") : undefined;
 }
 
 /** Names the offending field of a schema violation: `invalid field 'temperature': expected a number from 0 to 5, got "hot"`. */
@@ -33,25 +50,24 @@ function validationMessage(error: unknown): string {
 export function createApp({ engine }: AppDeps) {
   return new Elysia({ name: "shimmy" })
     .onError(({ code, error, request }) => {
+      // One table: every failure becomes a ShimmyError, answered in the shape of the route's API.
+      const path = new URL(request.url).pathname;
       const cause = (error as { cause?: unknown }).cause;
-      if (code === "PARSE" && cause instanceof ShimmyError) return errorJson(cause);
-      if (error instanceof ShimmyError) return errorJson(error);
-      switch (code) {
-        case "VALIDATION":
-          return Response.json({ error: validationMessage(error) }, { status: 400 });
-        case "PARSE":
-          return Response.json({ error: `malformed request body: ${(cause as Error)?.message ?? (error as Error).message}` }, { status: 400 });
-        case "NOT_FOUND":
-          return Response.json({ error: `no route for ${request.method} ${new URL(request.url).pathname}` }, { status: 404 });
-        default: {
-          const status = typeof (error as { status?: unknown }).status === "number" ? (error as { status: number }).status : 500;
-          log.error(`unhandled error on ${request.method} ${request.url}: ${(error as Error)?.stack ?? error}`);
-          return Response.json({ error: (error as Error)?.message ?? "internal error" }, { status });
-        }
+      let e: ShimmyError;
+      if (code === "PARSE" && cause instanceof ShimmyError) e = cause;
+      else if (error instanceof ShimmyError) e = error;
+      else if (code === "VALIDATION") e = new BadRequestError(validationMessage(error), { param: validationParam(error) });
+      else if (code === "PARSE") e = new BadRequestError(`malformed request body: ${(cause as Error)?.message ?? (error as Error).message}`);
+      else if (code === "NOT_FOUND") e = new RouteNotFoundError(`no route for ${request.method} ${path}`);
+      else {
+        log.error(`unhandled error on ${request.method} ${request.url}: ${(error as Error)?.stack ?? error}`);
+        e = new InternalError((error as Error)?.message ?? "internal error");
       }
+      return OPENAI_PATHS.test(path) ? openaiErrorResponse(e) : errorJson(e);
     })
     .use(opsRoutes(engine))
-    .use(nativeRoutes(engine));
+    .use(nativeRoutes(engine))
+    .use(openaiRoutes(engine));
 }
 
 export type App = ReturnType<typeof createApp>;

@@ -8,7 +8,7 @@ import type { Engine } from "../engine/engine.ts";
 import type { GenerateOptions, Timings, TokenEvent } from "../engine/types.ts";
 
 /** What the server needs from the engine (a fake can stand in for fast unit tests). */
-export type ServingEngine = Pick<Engine, "generate" | "list" | "resolve" | "backendInfo" | "loadedNames" | "options">;
+export type ServingEngine = Pick<Engine, "generate" | "list" | "resolve" | "backendInfo" | "loadedNames" | "options" | "tokenize" | "detokenize" | "embed">;
 
 /** The status and JSON body of an error in shimmy's native shape `{"error": "..."}`. */
 export function errorJson(err: unknown): Response {
