@@ -1,0 +1,35 @@
+import OpenAI from "openai";
+import { makeEngine, makeFixtures, startServer } from "/work/main/test/helpers.ts";
+const fx = await makeFixtures();
+const engine = makeEngine({ dir: fx.dir });
+const server = startServer(engine);
+const c = new OpenAI({ baseURL: server.url + "/v1", apiKey: "x" });
+const t0 = performance.now();
+const r = await c.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "hello" }], temperature: 0, max_tokens: 20 });
+console.log(JSON.stringify(r), performance.now() - t0);
+const tk = await (await fetch(server.url + "/tokenize", { method: "POST", body: JSON.stringify({ content: "hello world", with_pieces: true }) })).json();
+console.log(JSON.stringify(tk));
+const tk2 = await (await fetch(server.url + "/tokenize", { method: "POST", body: JSON.stringify({ content: "hello world", add_special: true }) })).json();
+console.log(JSON.stringify(tk2));
+const dt = await (await fetch(server.url + "/detokenize", { method: "POST", body: JSON.stringify({ tokens: (tk2 as any).tokens }) })).json();
+console.log(JSON.stringify(dt));
+let t1 = performance.now();
+const j = await c.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "give json" }], temperature: 0, max_tokens: 400, response_format: { type: "json_object" } });
+console.log(JSON.stringify(j.choices[0]), j.usage, performance.now() - t1);
+const schema = { type: "object", properties: { name: { type: "string", maxLength: 12 }, age: { type: "integer", minimum: 0, maximum: 120 }, color: { type: "string", enum: ["red", "green", "blue"] }, ok: { type: "boolean" } }, required: ["name", "age", "color", "ok"], additionalProperties: false };
+for (const seed of [1, 2, 3, 4]) {
+  t1 = performance.now();
+  const s = await c.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "person" }], seed, max_tokens: 400, response_format: { type: "json_schema", json_schema: { name: "p", schema } } });
+  console.log(seed, JSON.stringify(s.choices[0]), performance.now() - t1);
+}
+t1 = performance.now();
+const tools = [{ type: "function" as const, function: { name: "get_weather", description: "weather", parameters: { type: "object", properties: { city: { type: "string", maxLength: 10 }, unit: { type: "string", enum: ["c", "f"] } }, required: ["city", "unit"] } } }];
+const tc = await c.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "weather?" }], max_tokens: 400, temperature: 0, tools, tool_choice: "required" });
+console.log(JSON.stringify(tc.choices[0]), performance.now() - t1);
+t1 = performance.now();
+const ta = await c.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "weather?" }], max_tokens: 30, temperature: 0, tools, tool_choice: "auto" });
+console.log(JSON.stringify(ta.choices[0]), performance.now() - t1);
+t1 = performance.now();
+const e = await c.embeddings.create({ model: "tiny", input: "hello" });
+console.log(e.data[0]!.embedding.length, e.usage, performance.now() - t1);
+await server.stop(); await engine.close(); fx.cleanup();
