@@ -10,7 +10,7 @@ import { log } from "../log.ts";
 import type { NativeBackend, NativeModel } from "./llama.ts";
 import type { ModelRegistry } from "./registry.ts";
 import { ensureNativeRuntime } from "./runtime.ts";
-import type { BackendInfo, BackendOptions, GenerateOptions, GenerateResult, ModelEntry, ModelInfo, TokenEvent } from "./types.ts";
+import type { BackendInfo, BackendOptions, GenerateOptions, GenerateResult, ModelEntry, ModelInfo, TokenEvent, TokenLogprob } from "./types.ts";
 
 export interface LoadedModel {
   entry: ModelEntry;
@@ -106,7 +106,7 @@ export class Engine {
     if (opts.signal?.aborted) controller.abort(opts.signal.reason);
     opts.signal?.addEventListener("abort", onOuterAbort, { once: true });
 
-    const pending: string[] = [];
+    const pending: Array<{ text: string; logprobs?: TokenLogprob[] }> = [];
     let wake: (() => void) | undefined;
     let result: GenerateResult | undefined;
     let failure: unknown;
@@ -116,8 +116,8 @@ export class Engine {
       wake = undefined;
     };
     const run = model.native
-      .generate({ ...opts, signal: controller.signal }, (text) => {
-        pending.push(text);
+      .generate({ ...opts, signal: controller.signal }, (text, logprobs) => {
+        pending.push(logprobs?.length ? { text, logprobs } : { text });
         notify();
       }, tCall, tLoaded)
       .then(
@@ -130,12 +130,12 @@ export class Engine {
       });
     try {
       while (true) {
-        while (pending.length) yield { type: "token", text: pending.shift()! };
+        while (pending.length) yield { type: "token", ...pending.shift()! };
         if (ended) break;
         await new Promise<void>((r) => (wake = r));
       }
       if (failure) throw toShimmyError(failure);
-      yield { type: "done", model: model.entry.name, text: result!.text, finishReason: result!.finishReason, timings: result!.timings, ...(result!.toolCalls ? { toolCalls: result!.toolCalls } : {}) };
+      yield { type: "done", model: model.entry.name, text: result!.text, finishReason: result!.finishReason, timings: result!.timings, ...(result!.toolCalls ? { toolCalls: result!.toolCalls } : {}), ...(result!.logprobs ? { logprobs: result!.logprobs } : {}) };
     } finally {
       opts.signal?.removeEventListener("abort", onOuterAbort);
       if (!ended) controller.abort(new Error("consumer stopped"));
@@ -147,7 +147,7 @@ export class Engine {
   async complete(name: string, opts: GenerateOptions, onToken?: (text: string) => void): Promise<GenerateResult> {
     for await (const ev of this.generate(name, opts)) {
       if (ev.type === "token") onToken?.(ev.text);
-      else return { text: ev.text, finishReason: ev.finishReason, timings: ev.timings, ...(ev.toolCalls ? { toolCalls: ev.toolCalls } : {}) };
+      else return { text: ev.text, finishReason: ev.finishReason, timings: ev.timings, ...(ev.toolCalls ? { toolCalls: ev.toolCalls } : {}), ...(ev.logprobs ? { logprobs: ev.logprobs } : {}) };
     }
     throw new Error("generation ended without a result");
   }

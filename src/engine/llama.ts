@@ -37,7 +37,7 @@ import { log } from "../log.ts";
 import { GbnfNumber } from "../../node_modules/node-llama-cpp/dist/utils/gbnfJson/terminals/GbnfNumber.js";
 import { nativeBuildInfo } from "./runtime.ts";
 import { StopMatcher } from "./stop.ts";
-import type { BackendInfo, BackendOptions, ChatMessage, FinishReason, GenerateOptions, GenerateResult, ModelEntry, ToolCall, ToolDefinition } from "./types.ts";
+import type { BackendInfo, BackendOptions, ChatMessage, FinishReason, GenerateOptions, GenerateResult, ModelEntry, TokenLogprob, ToolCall, ToolDefinition } from "./types.ts";
 
 GbnfNumber.prototype.getGrammar = function (this: { allowFractional: boolean }) {
   const num = '"-"? ("0" | [1-9] [0-9]{0,15})';
@@ -285,7 +285,7 @@ function toGbnfSchema(schema: unknown): any {
   return out;
 }
 
-type Emit = (text: string) => void;
+type Emit = (text: string, logprobs?: TokenLogprob[]) => void;
 
 /** Timing bookkeeping of one generation. */
 class Clock {
@@ -301,7 +301,7 @@ class Clock {
     this.tFirst ??= performance.now();
     this.generated += n;
   }
-  result(text: string, finishReason: FinishReason, toolCalls?: ToolCall[]): GenerateResult {
+  result(text: string, finishReason: FinishReason, toolCalls?: ToolCall[], logprobs?: TokenLogprob[]): GenerateResult {
     const tEnd = performance.now();
     const promptMs = (this.tFirst ?? tEnd) - this.tStart;
     const generateMs = this.tFirst === undefined ? 0 : tEnd - this.tFirst;
@@ -309,6 +309,7 @@ class Clock {
       text,
       finishReason,
       ...(toolCalls?.length ? { toolCalls } : {}),
+      ...(logprobs ? { logprobs } : {}),
       timings: {
         promptTokens: this.promptTokens,
         promptMs,
@@ -492,7 +493,107 @@ export class NativeModel {
     if (tools.length && opts.responseFormat && opts.responseFormat.type !== "text") throw new UnsupportedError("response_format cannot be combined with tools", { param: "response_format" });
     if (tools.length && (opts.toolChoice === "required" || typeof opts.toolChoice === "object")) return this.generateForcedToolCall(opts, tools, onText, tCall, tReady);
     if (tools.length) return this.generateWithFunctions(opts, tools, onText, tCall, tReady);
+    if (opts.logprobs !== undefined) {
+      if (opts.responseFormat && opts.responseFormat.type !== "text") throw new UnsupportedError("logprobs cannot be combined with response_format", { param: "logprobs" });
+      return this.generateWithLogprobs(opts, onText, tCall, tReady);
+    }
     return this.generateCompletion(opts, onText, tCall, tReady);
+  }
+
+  /**
+   * Generation that reports token probabilities: the sequence is evaluated token by token with
+   * node-llama-cpp's `evaluateWithMetadata`, which returns the distribution the token was sampled
+   * from (after the sampling options). Text is decoded incrementally (an incomplete UTF-8 character
+   * waits for its next token); each text piece carries the log probabilities of the tokens it ends.
+   */
+  private async generateWithLogprobs(opts: GenerateOptions, onText: Emit, tCall: number, tReady: number): Promise<GenerateResult> {
+    const { tokens, triggers } = this.renderPrompt(opts);
+    const promptTokens = this.promptTokensOf(tokens);
+    const room = this.contextSize - promptTokens;
+    const maxTokens = opts.maxTokens === undefined ? room : Math.min(opts.maxTokens, room);
+    const sampling = this.samplingOptions(opts);
+    const top = Math.max(0, Math.min(20, opts.logprobs ?? 0));
+    // Template end-of-turn markers: one special token each, or plain text for the stop matcher.
+    const stopTokens = new Set<number>();
+    const textStops = [...(opts.stop ?? [])];
+    for (const trigger of triggers) {
+      const ids = trigger.tokenize(this.model.tokenizer);
+      if (ids.length === 1 && this.model.detokenize(ids, false) === "") stopTokens.add(ids[0]!);
+      else textStops.push(trigger.toString());
+    }
+    const input: Token[] = this.prependsBos ? [this.model.tokens.bos!, ...tokens] : tokens;
+    const clock = new Clock(tCall, tReady, promptTokens);
+    const enc = new TextEncoder();
+    const entry = (t: Token, p: number, prev: Token[]) => {
+      const piece = this.model.detokenize([t], false, prev.slice(-8));
+      return { token: piece, logprob: p > 0 ? Math.log(p) : -9999, bytes: [...enc.encode(piece)] };
+    };
+    return this.onSlot(opts.signal, () => clock.result("", "abort", undefined, []), async (seq) => {
+      clock.tStart = performance.now();
+      const matcher = new StopMatcher(textStops);
+      const generated: Token[] = [];
+      const logprobs: TokenLogprob[] = [];
+      let pendingLogprobs: TokenLogprob[] = [];
+      let decoded = "";
+      let text = "";
+      let finish: FinishReason = "length";
+      const emit = (piece: string) => {
+        if (!piece && !pendingLogprobs.length) return;
+        text += piece;
+        onText(piece, pendingLogprobs);
+        pendingLogprobs = [];
+      };
+      try {
+        await seq.clearHistory();
+        if (maxTokens <= 0) return clock.result("", "length", undefined, []);
+        const it = seq.evaluateWithMetadata(input, { probabilities: true }, {
+          temperature: sampling.temperature,
+          topK: sampling.topK,
+          topP: sampling.topP,
+          minP: sampling.minP,
+          seed: sampling.seed,
+          tokenBias: sampling.tokenBias,
+          repeatPenalty: sampling.repeatPenalty ? { ...sampling.repeatPenalty, punishTokens: () => generated.slice(-64) } : undefined,
+        });
+        for await (const out of it) {
+          if (opts.signal?.aborted) {
+            finish = "abort";
+            break;
+          }
+          clock.onTokens(1);
+          if (this.model.isEogToken(out.token) || stopTokens.has(out.token)) {
+            finish = "stop";
+            break;
+          }
+          const probs = out.probabilities;
+          const lp: TokenLogprob = {
+            ...entry(out.token, probs.get(out.token) ?? 0, generated),
+            top: [...probs.entries()].slice(0, top).map(([t, p]) => entry(t, p, generated)),
+          };
+          generated.push(out.token);
+          logprobs.push(lp);
+          pendingLogprobs.push(lp);
+          const full = this.model.detokenize(generated, false);
+          if (!full.endsWith("\uFFFD")) {
+            const { emit: safe, stopped } = matcher.push(full.slice(decoded.length));
+            decoded = full;
+            emit(safe);
+            if (stopped) {
+              finish = "stop";
+              break;
+            }
+          }
+          if (generated.length >= maxTokens) break;
+        }
+        if (finish !== "abort" && finish !== "stop") emit(matcher.flush());
+        // Tokens whose text was held back (a stop sequence, an unfinished character) were never sent.
+        logprobs.length -= pendingLogprobs.length;
+        return clock.result(text, finish, undefined, logprobs);
+      } catch (err) {
+        if (opts.signal?.aborted) return clock.result(text, "abort", undefined, logprobs);
+        throw new GenerationError(`generation failed: ${(err as Error).message}`, { cause: err });
+      }
+    });
   }
 
   /** Plain generation (raw or chat-templated prompt), optionally grammar-constrained. */

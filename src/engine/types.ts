@@ -68,6 +68,8 @@ export interface GenerateOptions extends SamplingOptions {
   chatTemplate?: ChatTemplateName;
   /** Constrain the output to JSON (any object, or a schema). Default text. */
   responseFormat?: ResponseFormat;
+  /** Report each generated token's log probability and this many alternatives (0-20). Default: off. */
+  logprobs?: number;
   /** Functions the model may call (chat requests only). */
   tools?: ToolDefinition[];
   /** Default `auto` when tools are given. */
@@ -100,9 +102,17 @@ export interface Timings {
   totalMs: number;
 }
 
+/** Log probability of one generated token, with the most likely alternatives at that step. */
+export interface TokenLogprob {
+  token: string;
+  logprob: number;
+  bytes: number[];
+  top: Array<{ token: string; logprob: number; bytes: number[] }>;
+}
+
 export type TokenEvent =
-  | { type: "token"; text: string }
-  | { type: "done"; model: string; text: string; finishReason: FinishReason; timings: Timings; toolCalls?: ToolCall[] };
+  | { type: "token"; text: string; logprobs?: TokenLogprob[] }
+  | { type: "done"; model: string; text: string; finishReason: FinishReason; timings: Timings; toolCalls?: ToolCall[]; logprobs?: TokenLogprob[] };
 
 export interface GenerateResult {
   text: string;
@@ -110,6 +120,8 @@ export interface GenerateResult {
   timings: Timings;
   /** Set when the model called tools (finish reason `tool_calls`). */
   toolCalls?: ToolCall[];
+  /** Set when `logprobs` was asked for: one entry per generated token. */
+  logprobs?: TokenLogprob[];
 }
 
 export type ModelSource = "env" | "model-path" | "dir" | "demo";

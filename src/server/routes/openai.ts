@@ -13,7 +13,7 @@ import {
   type OpenAIErrorBody,
   type OpenAIMessage,
 } from "../../api/openai.ts";
-import type { ChatMessage, GenerateOptions, ResponseFormat, Timings, ToolCall, ToolChoice, TokenEvent } from "../../engine/types.ts";
+import type { ChatMessage, GenerateOptions, ResponseFormat, Timings, TokenEvent, TokenLogprob, ToolCall, ToolChoice } from "../../engine/types.ts";
 import { BadRequestError, ModelNotFoundError, OverloadedError, PromptTooLongError, toShimmyError } from "../../errors.ts";
 import { log } from "../../log.ts";
 import { parseJsonBody, type ServingEngine, sseEvent, startGeneration } from "../http.ts";
@@ -89,7 +89,6 @@ function toMessages(messages: OpenAIMessage[]): ChatMessage[] {
 /** Sampling and limits shared by both completion routes. */
 function samplingOptions(body: ChatCompletionRequest | CompletionRequest, signal: AbortSignal): GenerateOptions {
   if ((body.n ?? 1) > 1) throw new BadRequestError("n > 1 is not supported: send one request per completion", { param: "n" });
-  if (body.logprobs || body.top_logprobs) throw new BadRequestError("logprobs are not supported by shimmy yet", { param: body.logprobs ? "logprobs" : "top_logprobs" });
   const logitBias: Record<number, number> = {};
   for (const [k, v] of Object.entries(body.logit_bias ?? {})) {
     if (!/^\d+$/.test(k)) throw new BadRequestError(`logit_bias keys must be token ids, got '${k}'`, { param: "logit_bias" });
@@ -112,8 +111,35 @@ function samplingOptions(body: ChatCompletionRequest | CompletionRequest, signal
   };
 }
 
+/** Chat: `logprobs: true` (+ `top_logprobs`). Text completions: `logprobs: <number of alternatives>`. */
+function logprobsOption(body: ChatCompletionRequest | CompletionRequest, chat: boolean): number | undefined {
+  if (chat) {
+    if (body.top_logprobs != null && body.logprobs !== true) throw new BadRequestError("top_logprobs needs logprobs: true", { param: "top_logprobs" });
+    return body.logprobs === true ? (body.top_logprobs ?? 0) : undefined;
+  }
+  if (typeof body.logprobs === "number") {
+    if (body.logprobs > 20) throw new BadRequestError("logprobs must be from 0 to 20", { param: "logprobs" });
+    return body.logprobs;
+  }
+  return body.logprobs === true ? 0 : undefined;
+}
+
+const wireLogprob = (l: TokenLogprob) => ({ token: l.token, logprob: l.logprob, bytes: l.bytes, top_logprobs: l.top.map((t) => ({ token: t.token, logprob: t.logprob, bytes: t.bytes })) });
+
+/** Legacy completions' logprobs object for a choice's tokens; `offset` is where its text starts. */
+function legacyLogprobs(list: TokenLogprob[], offset = 0) {
+  const text_offset: number[] = [];
+  let at = offset;
+  for (const l of list) {
+    text_offset.push(at);
+    at += l.token.length;
+  }
+  return { tokens: list.map((l) => l.token), token_logprobs: list.map((l) => l.logprob), top_logprobs: list.map((l) => Object.fromEntries(l.top.map((t) => [t.token, t.logprob]))), text_offset };
+}
+
 function chatOptions(body: ChatCompletionRequest, signal: AbortSignal): GenerateOptions {
   const opts = samplingOptions(body, signal);
+  opts.logprobs = logprobsOption(body, true);
   opts.messages = toMessages(body.messages);
   const rf = body.response_format;
   let responseFormat: ResponseFormat | undefined;
@@ -166,7 +192,7 @@ export const openaiRoutes = (engine: ServingEngine) =>
                   {
                     index: 0,
                     message: { role: "assistant", content: ev.toolCalls?.length && !ev.text ? null : ev.text, refusal: null, ...(ev.toolCalls?.length ? { tool_calls: wireToolCalls(ev.toolCalls) } : {}) },
-                    logprobs: null,
+                    logprobs: ev.logprobs ? { content: ev.logprobs.map(wireLogprob), refusal: null } : null,
                     finish_reason: ev.finishReason === "abort" ? "stop" : ev.finishReason,
                   },
                 ],
@@ -190,7 +216,7 @@ export const openaiRoutes = (engine: ServingEngine) =>
               yield chunk([{ index: 0, delta: { role: "assistant", content: "", refusal: null }, logprobs: null, finish_reason: null }]);
             }
             if (ev.type === "token") {
-              yield chunk([{ index: 0, delta: { content: ev.text }, logprobs: null, finish_reason: null }]);
+              yield chunk([{ index: 0, delta: { content: ev.text }, logprobs: ev.logprobs ? { content: ev.logprobs.map(wireLogprob), refusal: null } : null, finish_reason: null }]);
               continue;
             }
             model = ev.model;
@@ -223,7 +249,7 @@ export const openaiRoutes = (engine: ServingEngine) =>
         let opts: GenerateOptions;
         let first: AsyncGenerator<TokenEvent, void, undefined>;
         try {
-          opts = samplingOptions(body, request.signal);
+          opts = { ...samplingOptions(body, request.signal), logprobs: logprobsOption(body, false) };
           first = await startGeneration(engine, body.model, { ...opts, prompt: prompts[0] });
         } catch (err) {
           return openaiErrorResponse(err);
@@ -245,7 +271,7 @@ export const openaiRoutes = (engine: ServingEngine) =>
                 model = ev.model;
                 total.promptTokens += ev.timings.promptTokens;
                 total.generatedTokens += ev.timings.generatedTokens;
-                choices.push({ text: ev.text, index: index++, logprobs: null, finish_reason: ev.finishReason === "abort" ? "stop" : ev.finishReason });
+                choices.push({ text: ev.text, index: index++, logprobs: ev.logprobs ? legacyLogprobs(ev.logprobs) : null, finish_reason: ev.finishReason === "abort" ? "stop" : ev.finishReason });
               }
             }
             return Response.json({ id, object: "text_completion", created, model, system_fingerprint: FINGERPRINT, choices, usage: { prompt_tokens: total.promptTokens, completion_tokens: total.generatedTokens, total_tokens: total.promptTokens + total.generatedTokens } });
@@ -260,9 +286,11 @@ export const openaiRoutes = (engine: ServingEngine) =>
           const total = { promptTokens: 0, generatedTokens: 0 };
           let index = 0;
           for await (const events of runs()) {
+            let offset = 0;
             for await (const ev of events) {
               if (ev.type === "token") {
-                yield chunk([{ text: ev.text, index, logprobs: null, finish_reason: null }]);
+                yield chunk([{ text: ev.text, index, logprobs: ev.logprobs ? legacyLogprobs(ev.logprobs, offset) : null, finish_reason: null }]);
+                offset += ev.text.length;
                 continue;
               }
               model = ev.model;
