@@ -24,6 +24,23 @@ describe("config", () => {
     expect(loadConfig({ threads: "1", ctxSize: "512", bind: "127.0.0.1:1", modelDirs: ["/c"] }, env)).toMatchObject({ threads: 1, ctxSize: 512, bind: "127.0.0.1:1", modelDirs: ["/c", "/a", "/b"] });
   });
 
+  test("chat templates: a default and per-model items; built-in names or Jinja files", () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), "shimmy-tpl-"));
+    try {
+      const file = path.join(dir, "t.jinja");
+      writeFileSync(file, "{{ messages }}");
+      expect(loadConfig({}, { SHIMMY_CHAT_TEMPLATE: `chatml,Phi-3=llama3,x=${file}` })).toMatchObject({ chatTemplate: "chatml", chatTemplates: { "phi-3": "llama3", x: file } });
+      expect(loadConfig({ chatTemplate: file }, {})).toMatchObject({ chatTemplate: file, chatTemplates: {} });
+      expect(loadConfig({}, {})).toMatchObject({ chatTemplate: "auto", chatTemplates: {}, maxQueue: 64 });
+      expect(() => loadConfig({ chatTemplate: "alpaca" }, {})).toThrow(/--chat-template: 'alpaca' is neither one of auto, chatml, llama3, openchat nor a readable Jinja template file/);
+      expect(() => loadConfig({}, { SHIMMY_CHAT_TEMPLATE: "m=/no/such.jinja" })).toThrow(/SHIMMY_CHAT_TEMPLATE/);
+      expect(loadConfig({}, { SHIMMY_MAX_QUEUE: "3" }).maxQueue).toBe(3);
+      expect(() => loadConfig({}, { SHIMMY_MAX_QUEUE: "-1" })).toThrow(/SHIMMY_MAX_QUEUE/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("invalid values are refused with the setting's name", () => {
     expect(() => loadConfig({ threads: "0" }, {})).toThrow(/--threads must be an integer from 1/);
     expect(() => loadConfig({}, { SHIMMY_THREADS: "lots" })).toThrow(/SHIMMY_THREADS/);

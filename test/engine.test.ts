@@ -137,6 +137,68 @@ describe("engine", () => {
     expect(withSystem.timings.promptTokens).toBeGreaterThan(auto.timings.promptTokens);
   });
 
+  test("a Jinja template file, per model, replaces the GGUF's template", async () => {
+    const { Engine } = await import("../src/engine/engine.ts");
+    const { ModelRegistry } = await import("../src/engine/registry.ts");
+    const file = path.join(fx.dir, "plain.jinja");
+    writeFileSync(file, "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}");
+    const e = new Engine(new ModelRegistry({ baseGguf: fx.tiny, modelDirs: [] }), { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: 512, chatTemplate: "auto", chatTemplates: { tiny: file } });
+    try {
+      const messages = [{ role: "user" as const, content: "hello" }];
+      const viaFile = await e.complete("tiny", { messages, ...greedy, maxTokens: 8 });
+      const viaGguf = await engine.complete("tiny", { messages, ...greedy, maxTokens: 8 });
+      // "[user] hello\n[assistant] " tokenizes differently from ChatML's markers.
+      expect(viaFile.timings.promptTokens).not.toBe(viaGguf.timings.promptTokens);
+      expect(viaFile.timings.generatedTokens).toBe(8);
+      // A named template in the request still wins.
+      const chatml = await e.complete("tiny", { messages, ...greedy, maxTokens: 8, chatTemplate: "chatml" });
+      expect(chatml.text).toBe(viaGguf.text);
+    } finally {
+      await e.close();
+    }
+  });
+
+  test("logprobs: one entry per generated token, probabilities of the sampled token and alternatives", async () => {
+    const pieces: Array<{ text: string; n: number }> = [];
+    let done: any;
+    for await (const ev of engine.generate("tiny", { prompt: "hello world", ...greedy, maxTokens: 10, logprobs: 3 })) {
+      if (ev.type === "token") pieces.push({ text: ev.text, n: ev.logprobs?.length ?? 0 });
+      else done = ev;
+    }
+    const plain = await engine.complete("tiny", { prompt: "hello world", ...greedy, maxTokens: 10 });
+    expect(done.text).toBe(plain.text);
+    expect(done.logprobs).toHaveLength(10);
+    expect(pieces.reduce((a, p) => a + p.n, 0)).toBe(10);
+    for (const l of done.logprobs) {
+      expect(l.logprob).toBeLessThanOrEqual(0);
+      expect(l.top).toHaveLength(3);
+      // Greedy: the sampled token is the most likely one.
+      expect(l.top[0].token).toBe(l.token);
+      expect(l.top[0].logprob).toBeCloseTo(l.logprob, 6);
+      expect(l.top[1].logprob).toBeLessThanOrEqual(l.top[0].logprob);
+    }
+    expect(done.logprobs.map((l: any) => l.token).join("")).toBe(done.text);
+  });
+
+  test("a full queue is refused with 503 (OverloadedError)", async () => {
+    const { Engine } = await import("../src/engine/engine.ts");
+    const { ModelRegistry } = await import("../src/engine/registry.ts");
+    const { OverloadedError } = await import("../src/errors.ts");
+    const e = new Engine(new ModelRegistry({ baseGguf: fx.tiny, modelDirs: [] }), { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: 4096, chatTemplate: "auto", maxQueue: 1 });
+    try {
+      await e.load("tiny");
+      const running = e.complete("tiny", { prompt: "a", ...greedy, maxTokens: 300 });
+      const waiting = e.complete("tiny", { prompt: "b", ...greedy, maxTokens: 2 });
+      const refused = await e.complete("tiny", { prompt: "c", ...greedy, maxTokens: 2 }).catch((err) => err);
+      expect(refused).toBeInstanceOf(OverloadedError);
+      expect(refused.status).toBe(503);
+      expect((await running).timings.generatedTokens).toBe(300);
+      expect((await waiting).timings.generatedTokens).toBe(2);
+    } finally {
+      await e.close();
+    }
+  });
+
   test("a prompt longer than the context is refused before generating", async () => {
     const small = makeEngine({ dir: fx.dir, ctxSize: 256 });
     try {
