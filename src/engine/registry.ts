@@ -17,6 +17,11 @@ export function modelNameFromPath(file: string): string {
     .replace(/[_\s]+/g, "-");
 }
 
+/** A requested name as registry names are spelled: `My_Model.gguf` -> `my-model`. */
+export function normalizeModelName(name: string): string {
+  return name.trim().toLowerCase().replace(/[_\s]+/g, "-").replace(/\.gguf$/, "");
+}
+
 function isFile(p: string): boolean {
   try {
     return statSync(p).isFile();
@@ -79,7 +84,7 @@ export class ModelRegistry {
   }
 
   get(name: string): ModelEntry | undefined {
-    const wanted = name.trim().toLowerCase().replace(/[_\s]+/g, "-").replace(/\.gguf$/, "");
+    const wanted = normalizeModelName(name);
     return this.list().find((e) => e.name === wanted);
   }
 }

@@ -14,6 +14,7 @@ import {
   type OpenAIMessage,
 } from "../../api/openai.ts";
 import type { ChatMessage, GenerateOptions, ResponseFormat, Timings, TokenEvent, TokenLogprob, ToolCall, ToolChoice } from "../../engine/types.ts";
+import { normalizeModelName } from "../../engine/registry.ts";
 import { BadRequestError, ModelNotFoundError, OverloadedError, PromptTooLongError, toShimmyError } from "../../errors.ts";
 import { log } from "../../log.ts";
 import { parseJsonBody, type ServingEngine, sseEvent, startGeneration } from "../http.ts";
@@ -315,7 +316,7 @@ export const openaiRoutes = (engine: ServingEngine) =>
       data: engine.list().map((m) => ({ id: m.name, object: "model", created: Math.floor(modelCreated(m.path) / 1000), owned_by: "shimmy" })),
     }))
     .get("/v1/models/:id", ({ params }) => {
-      const m = engine.list().find((e) => e.name === params.id.toLowerCase());
+      const m = engine.list().find((e) => e.name === normalizeModelName(params.id));
       if (!m) return openaiErrorResponse(new ModelNotFoundError(params.id, engine.list().map((e) => e.name)));
       return { id: m.name, object: "model", created: Math.floor(modelCreated(m.path) / 1000), owned_by: "shimmy" };
     })
