@@ -156,7 +156,7 @@ export class Engine {
   async tokenize(name: string, text: string, opts: { special?: boolean; addBos?: boolean } = {}): Promise<{ model: string; tokens: number[]; pieces: string[] }> {
     const m = await this.load(name);
     const tokens = m.native.tokenize(text, opts.special ?? false, opts.addBos ?? false);
-    return { model: m.entry.name, tokens, pieces: tokens.map((t) => m.native.detokenize([t])) };
+    return { model: m.entry.name, tokens, pieces: m.native.pieces(tokens) };
   }
 
   /** Text of token ids for a model; ids outside the vocabulary are a BadRequestError. */

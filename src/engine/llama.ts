@@ -33,14 +33,16 @@ import { BackendError, BadRequestError, GenerationError, ModelLoadError, Overloa
 import { log } from "../log.ts";
 // node-llama-cpp's JSON grammar lets integers carry an exponent with up to 16 digits
 // ("36504E60715" parses to Infinity and fails `"type": "integer"`). Narrow it here, once, for every
-// grammar: integers get no exponent, fractional numbers an exponent of at most 2 digits.
+// grammar: integers get no exponent and at most 15 digits, fractional numbers an exponent of at most
+// 2 digits.
 import { GbnfNumber } from "../../node_modules/node-llama-cpp/dist/utils/gbnfJson/terminals/GbnfNumber.js";
 import { nativeBuildInfo } from "./runtime.ts";
 import { StopMatcher } from "./stop.ts";
 import type { BackendInfo, BackendOptions, ChatMessage, FinishReason, GenerateOptions, GenerateResult, ModelEntry, TokenLogprob, ToolCall, ToolDefinition } from "./types.ts";
 
 GbnfNumber.prototype.getGrammar = function (this: { allowFractional: boolean }) {
-  const num = '"-"? ("0" | [1-9] [0-9]{0,15})';
+  // At most 15 digits: every integer stays within Number.MAX_SAFE_INTEGER.
+  const num = '"-"? ("0" | [1-9] [0-9]{0,14})';
   return this.allowFractional ? `${num} ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,2})?` : num;
 };
 
@@ -753,9 +755,15 @@ export class NativeModel {
     return addBos && this.prependsBos ? [this.model.tokens.bos as number, ...tokens] : tokens;
   }
 
-  /** Text of each token (`piece`) or of a token list. */
-  detokenize(tokens: readonly number[]): string {
-    return this.model.detokenize(tokens as Token[]);
+  /** Text of a token list; `special` renders special tokens as text; `before` are the tokens preceding it (for word-start spaces). */
+  detokenize(tokens: readonly number[], special = false, before: readonly number[] = []): string {
+    return this.model.detokenize(tokens as Token[], special, before as Token[]);
+  }
+
+  /** Each token's own text as it reads in place (word-start spaces kept, special tokens shown). */
+  pieces(tokens: readonly number[]): string[] {
+    const bos = this.model.tokens.bos;
+    return tokens.map((t, i) => this.model.detokenize([t as Token], true, (i === 0 && bos != null ? [bos] : tokens.slice(Math.max(0, i - 8), i)) as Token[]));
   }
 
   /** Number of tokens in the vocabulary (from the GGUF's token list). */

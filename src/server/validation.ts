@@ -41,6 +41,8 @@ export function expectation(s: AnySchema | undefined): string {
       return `an array of ${expectation(s.items).replace(/^an? /, "")}s${s.maxItems !== undefined ? ` (at most ${s.maxItems})` : ""}`;
     case "Object":
       return "an object";
+    case "Null":
+      return "null";
     default:
       return "a valid value";
   }

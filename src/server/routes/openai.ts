@@ -20,7 +20,7 @@ import { log } from "../../log.ts";
 import { parseJsonBody, type ServingEngine, sseEvent, startGeneration } from "../http.ts";
 
 /** OpenAI's error object for any error: status, type, param, code. */
-export function openaiErrorBody(err: unknown): { status: number; body: OpenAIErrorBody } {
+export function openaiErrorBody(err: unknown, promptParam = "messages"): { status: number; body: OpenAIErrorBody } {
   const e = toShimmyError(err);
   let code: string | null = null;
   let param: string | null = (e as { param?: string }).param ?? null;
@@ -30,7 +30,7 @@ export function openaiErrorBody(err: unknown): { status: number; body: OpenAIErr
     param = "model";
   } else if (e instanceof PromptTooLongError) {
     code = "context_length_exceeded";
-    param ??= "messages";
+    param ??= promptParam;
   } else if (e instanceof OverloadedError) {
     code = "overloaded";
     type = "server_error";
@@ -38,8 +38,8 @@ export function openaiErrorBody(err: unknown): { status: number; body: OpenAIErr
   return { status: e.status, body: { error: { message: e.message, type, param, code } } };
 }
 
-export function openaiErrorResponse(err: unknown): Response {
-  const { status, body } = openaiErrorBody(err);
+export function openaiErrorResponse(err: unknown, promptParam?: string): Response {
+  const { status, body } = openaiErrorBody(err, promptParam);
   return Response.json(body, { status });
 }
 
@@ -206,7 +206,8 @@ export const openaiRoutes = (engine: ServingEngine) =>
           return openaiErrorResponse(new Error("generation ended without a result"));
         }
         const includeUsage = body.stream_options?.include_usage === true;
-        let model = body.model;
+        // The registered name the request resolved to (the same spelling in every chunk).
+        let model = normalizeModelName(body.model);
         const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) =>
           data({ id, object: "chat.completion.chunk", created, model, system_fingerprint: FINGERPRINT, choices, ...(includeUsage ? { usage: null } : {}), ...extra });
         try {
@@ -253,7 +254,7 @@ export const openaiRoutes = (engine: ServingEngine) =>
           opts = { ...samplingOptions(body, request.signal), logprobs: logprobsOption(body, false) };
           first = await startGeneration(engine, body.model, { ...opts, prompt: prompts[0] });
         } catch (err) {
-          return openaiErrorResponse(err);
+          return openaiErrorResponse(err, "prompt");
         }
         // Each prompt of an array is one choice, generated in turn.
         const runs = async function* () {
@@ -263,7 +264,7 @@ export const openaiRoutes = (engine: ServingEngine) =>
         if (!body.stream) {
           try {
             const choices = [];
-            let model = body.model;
+            let model = normalizeModelName(body.model);
             const total = { promptTokens: 0, generatedTokens: 0 };
             let index = 0;
             for await (const events of runs()) {
@@ -277,11 +278,11 @@ export const openaiRoutes = (engine: ServingEngine) =>
             }
             return Response.json({ id, object: "text_completion", created, model, system_fingerprint: FINGERPRINT, choices, usage: { prompt_tokens: total.promptTokens, completion_tokens: total.generatedTokens, total_tokens: total.promptTokens + total.generatedTokens } });
           } catch (err) {
-            return openaiErrorResponse(err);
+            return openaiErrorResponse(err, "prompt");
           }
         }
         const includeUsage = body.stream_options?.include_usage === true;
-        let model = body.model;
+        let model = normalizeModelName(body.model);
         const chunk = (choices: unknown[]) => data({ id, object: "text_completion", created, model, system_fingerprint: FINGERPRINT, choices, ...(includeUsage ? { usage: null } : {}) });
         try {
           const total = { promptTokens: 0, generatedTokens: 0 };
@@ -305,7 +306,7 @@ export const openaiRoutes = (engine: ServingEngine) =>
             yield data({ id, object: "text_completion", created, model, system_fingerprint: FINGERPRINT, choices: [], usage: { prompt_tokens: total.promptTokens, completion_tokens: total.generatedTokens, total_tokens: total.promptTokens + total.generatedTokens } });
         } catch (err) {
           log.warn(`stream error: ${toShimmyError(err).message}`);
-          yield data(openaiErrorBody(err).body);
+          yield data(openaiErrorBody(err, "prompt").body);
         }
         yield sseEvent("[DONE]");
       },
@@ -336,7 +337,7 @@ export const openaiRoutes = (engine: ServingEngine) =>
             usage: { prompt_tokens: r.promptTokens, total_tokens: r.promptTokens },
           };
         } catch (err) {
-          return openaiErrorResponse(err);
+          return openaiErrorResponse(err, "input");
         }
       },
       { body: EmbeddingRequest, parse: parseJsonBody },
