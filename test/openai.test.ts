@@ -729,7 +729,7 @@ describe("/tokenize and /detokenize", () => {
     expect(r.tokens.map((t) => t.id)).toEqual(plain.tokens);
     for (const t of r.tokens) expect(Object.keys(t).sort()).toEqual(["id", "piece"]);
     expect(r.tokens.every((t) => typeof t.piece === "string" && t.piece.length > 0)).toBe(true);
-    // Spaces aside, the pieces spell the content (see the failing test below for the spaces).
+    // Spaces aside, the pieces spell the content (the next test checks the spaces).
     expect(r.tokens.map((t) => t.piece).join("").replace(/ /g, "")).toBe("helloworld");
   });
 
