@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { nativeBuildInfo } from "../src/engine/runtime.ts";
 import { MAIN, REPO, makeFixtures, runCli } from "./helpers.ts";
 
 // Loads models or spawns the CLI on 2 shared cores: allow 60 s per test (bun's default is 5 s).
@@ -375,22 +376,31 @@ describe("list, probe, bench", () => {
 });
 
 describe("gpu-info", () => {
-  test("reports the backends compiled in, the one in use and why no GPU is used", async () => {
+  // What this checkout carries: cpu, plus any GPU prebuilt package that happens to be installed.
+  const compiled = () => nativeBuildInfo().backends;
+
+  test("reports the backends compiled in, the one in use and why a GPU is not used", async () => {
     const r = await cli(["gpu-info", "--json"], { env: { SHIMMY_GPU: "auto" } });
     expect(r.code).toBe(0);
     const j = JSON.parse(r.stdout);
-    expect(j.compiled).toContain("cpu");
-    expect(j.in_use).toBe("cpu");
+    expect(j.compiled).toEqual(compiled());
     expect(Array.isArray(j.detected)).toBe(true);
-    expect(j.notes.join(" ")).toContain("no GPU backend");
+    expect(j.compiled).toContain(j.in_use);
+    if (j.in_use === "cpu") {
+      // Every GPU backend carried but unused is explained, or the build has none.
+      const gpus = compiled().filter((b) => b !== "cpu");
+      if (gpus.length === 0) expect(j.notes.join(" ")).toContain("no GPU backend");
+      for (const g of gpus) expect(j.notes.some((n: string) => n.startsWith(`${g}:`))).toBe(true);
+    }
     const text = await cli(["gpu-info"], { env: { SHIMMY_GPU: "auto" } });
-    expect(stripAnsi(text.stdout)).toMatch(/^compiled in: +cpu\ndetected: .*\nin use: +cpu \(--gpu auto\)\nwhy: +/);
+    expect(stripAnsi(text.stdout)).toMatch(new RegExp(`^compiled in: +${compiled().join(", ")}\\ndetected: .*\\nin use: +${j.in_use} \\(--gpu auto\\)\\n`));
   });
 
   test("a backend the build does not carry is exit 2 with what it has", async () => {
-    const r = await cli(["gpu-info", "--gpu", "cuda"]);
+    const missing = ["metal", "cuda", "vulkan"].find((b) => !compiled().includes(b))!;
+    const r = await cli(["gpu-info", "--gpu", missing]);
     expect(r.code).toBe(2);
-    expect(r.stderr).toContain("this build does not include the cuda backend (it has: cpu)");
+    expect(r.stderr).toContain(`this build does not include the ${missing} backend (it has: ${compiled().join(", ")})`);
   });
 });
 
