@@ -136,6 +136,33 @@ describe("POST /api/generate (fake engine)", () => {
   });
 });
 
+describe("OpenAI routes (fake engine)", () => {
+  test("an error after streaming began is a last error chunk, then [DONE]", async () => {
+    const res = await post(createApp(fakeEngine()), "/v1/chat/completions", { model: "dies", messages: [{ role: "user", content: "x" }], stream: true });
+    expect(res.status).toBe(200);
+    const events = parseSse(await res.text()).map((e) => e.data);
+    expect(events.at(-1)).toBe("[DONE]");
+    expect(JSON.parse(events.at(-2)!)).toEqual({ error: { message: "generation failed: backend exploded", type: "server_error", param: null, code: "generation_error" } });
+    const first = JSON.parse(events[0]!);
+    expect(first.choices[0].delta.role).toBe("assistant");
+  });
+
+  test("a load failure before the first byte is a 502 in OpenAI's error shape", async () => {
+    const res = await post(createApp(fakeEngine()), "/v1/chat/completions", { model: "broken", messages: [{ role: "user", content: "x" }] });
+    expect(res.status).toBe(502);
+    expect((await res.json() as any).error).toMatchObject({ type: "server_error", code: "model_load_error" });
+  });
+
+  test("validation errors name the param in OpenAI's shape", async () => {
+    const res = await post(createApp(fakeEngine()), "/v1/chat/completions", { model: "fake", messages: [{ role: "user", content: "x" }], temperature: "hot" });
+    expect(res.status).toBe(400);
+    expect(await res.json() as any).toEqual({ error: { message: `invalid field 'temperature': expected a number from 0 to 5 or null, got "hot"`, type: "invalid_request_error", param: "temperature", code: null } });
+    const unknown = await createApp(fakeEngine()).handle(new Request("http://local/v1/nope"));
+    expect(unknown.status).toBe(404);
+    expect((await unknown.json() as any).error.message).toBe("no route for GET /v1/nope");
+  });
+});
+
 describe("ops routes (fake engine)", () => {
   test("GET /health", async () => {
     const body = await (await createApp(fakeEngine()).handle(new Request("http://local/health"))).json() as any;
