@@ -16,7 +16,7 @@ export interface Config {
   bind: string;
   /** A base model file served under its file-stem name. Env `SHIMMY_BASE_GGUF`. */
   baseGguf?: string;
-  /** A LoRA adapter applied to the base model. Env `SHIMMY_LORA_GGUF`. */
+  /** The LoRA setting as given (see `loras`). Env `SHIMMY_LORA_GGUF`. */
   loraGguf?: string;
   /** Extra single model file (`serve --model-path`). */
   modelPath?: string;
@@ -34,8 +34,20 @@ export interface Config {
   chatTemplate: string;
   /** Per-model chat templates, from `MODEL=TEMPLATE` items of the same setting (comma separated). */
   chatTemplates: Record<string, string>;
-  /** Most requests that may wait for one model; more get 503. Default 64. Env `SHIMMY_MAX_QUEUE`. */
+  /** Most requests that may wait for one model; more get 503. Default 64. Env `SHIMMY_MAX_QUEUE`, flag `--max-queue`. */
   maxQueue: number;
+  /** Concurrent generations per loaded model (sequences of one context). Default 4. Env `SHIMMY_PARALLEL`, flag `--parallel`. */
+  parallel: number;
+  /** How long an idle model stays loaded, ms; -1 = forever, 0 = unload after each request. Default 5m. Env `SHIMMY_KEEP_ALIVE`, flag `--keep-alive`. */
+  keepAliveMs: number;
+  /** Most models loaded at once; the least recently used idle one is unloaded first. Default 3. Env `SHIMMY_MAX_LOADED_MODELS`. */
+  maxLoadedModels: number;
+  /** On SIGINT/SIGTERM, how long running generations may finish before they are aborted, ms. Default 10s. Env `SHIMMY_SHUTDOWN_GRACE`. */
+  shutdownGraceMs: number;
+  /** Most bytes one model load may need (weights + context, node-llama-cpp's estimate); beyond it the load is refused with 503. Default: memory available at load time. Env `SHIMMY_MEMORY_LIMIT` (bytes, or with K/M/G suffix). */
+  memoryLimit?: number;
+  /** LoRA adapters (path and scale) for the base model; from `SHIMMY_LORA_GGUF` / `--lora`, `path[:scale]`, comma separated or repeated. */
+  loras: Array<{ path: string; scale: number }>;
   /** Serve a generated random-weights demo model when no model is found. Default true. Env `SHIMMY_DEMO_MODEL=0` disables. */
   demoModel: boolean;
   /** Where shimmy keeps generated files (the demo model). Env `SHIMMY_CACHE_DIR`, else `$XDG_CACHE_HOME/shimmy`, else `~/.cache/shimmy`. */
@@ -108,7 +120,55 @@ function oneOf<T extends string>(name: string, raw: string | undefined, allowed:
 }
 
 /** Settings given on the command line; undefined means "not given". */
-export type ConfigOverrides = Partial<Omit<Config, "threads" | "ctxSize" | "threadsExplicit" | "chatTemplates" | "maxQueue">> & { threads?: string | number; ctxSize?: string | number };
+export type ConfigOverrides = Partial<Omit<Config, "threads" | "ctxSize" | "threadsExplicit" | "chatTemplates" | "maxQueue" | "parallel" | "keepAliveMs" | "maxLoadedModels" | "shutdownGraceMs" | "loras" | "memoryLimit">> & {
+  threads?: string | number;
+  ctxSize?: string | number;
+  maxQueue?: string;
+  parallel?: string;
+  keepAlive?: string;
+  maxLoadedModels?: string;
+  shutdownGrace?: string;
+};
+
+/**
+ * A duration as Ollama writes `keep_alive`: `5m`, `30s`, `1h`, `250ms`, a plain number of seconds,
+ * `-1` (or any negative) = forever, `0` = none. Returns ms (-1 for forever); RangeError when invalid.
+ */
+export function parseDuration(name: string, raw: string | number | undefined): number | undefined {
+  if (raw === undefined || raw === "") return undefined;
+  if (typeof raw === "number") {
+    if (!Number.isFinite(raw)) throw new RangeError(`${name} must be a duration such as 30s, 5m, 1h, 0 or -1, got '${raw}'`);
+    return raw < 0 ? -1 : raw * 1000;
+  }
+  const m = String(raw).trim().match(/^(-?\d+(?:\.\d+)?)(ms|s|m|h)?$/);
+  if (!m) throw new RangeError(`${name} must be a duration such as 30s, 5m, 1h, 0 or -1, got '${raw}'`);
+  const n = Number(m[1]);
+  if (n < 0) return -1;
+  return Math.round(n * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? "s") as "ms" | "s" | "m" | "h"]);
+}
+
+/** `1073741824`, `512M`, `8G`: bytes. */
+export function parseBytes(name: string, raw: string | undefined): number | undefined {
+  if (raw === undefined || raw === "") return undefined;
+  const m = raw.trim().match(/^(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?$/i);
+  if (!m) throw new RangeError(`${name} must be a size such as 512M or 8G, got '${raw}'`);
+  const unit = m[2]!.toUpperCase();
+  return Math.round(Number(m[1]) * (unit ? 1024 ** ("KMGT".indexOf(unit) + 1) : 1));
+}
+
+/** `a.gguf`, `a.gguf:0.5`, comma separated: LoRA adapters with scales (default 1). */
+export function parseLoras(name: string, raw: string | undefined): Array<{ path: string; scale: number }> {
+  return (raw ?? "")
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map((item) => {
+      const m = item.match(/^(.*?):(-?\d+(?:\.\d+)?)$/);
+      const scale = m ? Number(m[2]) : 1;
+      if (!Number.isFinite(scale)) throw new RangeError(`${name}: bad scale in '${item}'`);
+      return { path: m ? m[1]! : item, scale };
+    });
+}
 
 /** Builds the effective config from env and CLI overrides. Throws RangeError on invalid values. */
 export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, string | undefined> = process.env): Config {
@@ -128,7 +188,13 @@ export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, 
       4096,
     gpu: overrides.gpu ?? oneOf("SHIMMY_GPU", env.SHIMMY_GPU, GPU_MODES) ?? "auto",
     ...parseChatTemplates(overrides.chatTemplate !== undefined ? "--chat-template" : "SHIMMY_CHAT_TEMPLATE", overrides.chatTemplate ?? env.SHIMMY_CHAT_TEMPLATE),
-    maxQueue: parseIntSetting("SHIMMY_MAX_QUEUE", env.SHIMMY_MAX_QUEUE, 0, 1_000_000) ?? 64,
+    maxQueue: parseIntSetting("--max-queue", overrides.maxQueue, 0, 1_000_000) ?? parseIntSetting("SHIMMY_MAX_QUEUE", env.SHIMMY_MAX_QUEUE, 0, 1_000_000) ?? 64,
+    parallel: parseIntSetting("--parallel", overrides.parallel, 1, 256) ?? parseIntSetting("SHIMMY_PARALLEL", env.SHIMMY_PARALLEL, 1, 256) ?? 4,
+    keepAliveMs: parseDuration("--keep-alive", overrides.keepAlive) ?? parseDuration("SHIMMY_KEEP_ALIVE", env.SHIMMY_KEEP_ALIVE) ?? 5 * 60_000,
+    maxLoadedModels: parseIntSetting("--max-loaded-models", overrides.maxLoadedModels, 1, 1024) ?? parseIntSetting("SHIMMY_MAX_LOADED_MODELS", env.SHIMMY_MAX_LOADED_MODELS, 1, 1024) ?? 3,
+    shutdownGraceMs: parseDuration("--shutdown-grace", overrides.shutdownGrace) ?? parseDuration("SHIMMY_SHUTDOWN_GRACE", env.SHIMMY_SHUTDOWN_GRACE) ?? 10_000,
+    memoryLimit: parseBytes("SHIMMY_MEMORY_LIMIT", env.SHIMMY_MEMORY_LIMIT),
+    loras: parseLoras(overrides.loraGguf !== undefined ? "--lora" : "SHIMMY_LORA_GGUF", overrides.loraGguf ?? env.SHIMMY_LORA_GGUF),
     demoModel: overrides.demoModel ?? !["0", "false", "no", "off"].includes((env.SHIMMY_DEMO_MODEL ?? "").toLowerCase()),
     cacheDir: overrides.cacheDir ?? (env.SHIMMY_CACHE_DIR || undefined) ?? path.join(env.XDG_CACHE_HOME || path.join(os.homedir(), ".cache"), "shimmy"),
     runtimeDir: overrides.runtimeDir ?? (env.SHIMMY_RUNTIME_DIR || undefined),

@@ -41,6 +41,18 @@ describe("config", () => {
     }
   });
 
+  test("serving settings: parallel, queue, keep-alive durations, loaded models, shutdown grace, LoRA list", () => {
+    expect(loadConfig({}, {})).toMatchObject({ parallel: 4, maxQueue: 64, keepAliveMs: 300_000, maxLoadedModels: 3, shutdownGraceMs: 10_000, loras: [] });
+    const c = loadConfig({}, { SHIMMY_PARALLEL: "2", SHIMMY_KEEP_ALIVE: "30s", SHIMMY_MAX_LOADED_MODELS: "1", SHIMMY_SHUTDOWN_GRACE: "250ms", SHIMMY_LORA_GGUF: "a.gguf,b.gguf:0.5" });
+    expect(c).toMatchObject({ parallel: 2, keepAliveMs: 30_000, maxLoadedModels: 1, shutdownGraceMs: 250, loras: [{ path: "a.gguf", scale: 1 }, { path: "b.gguf", scale: 0.5 }] });
+    expect(loadConfig({ keepAlive: "-1" }, {}).keepAliveMs).toBe(-1);
+    expect(loadConfig({ keepAlive: "0" }, {}).keepAliveMs).toBe(0);
+    expect(loadConfig({ keepAlive: "1h" }, {}).keepAliveMs).toBe(3_600_000);
+    expect(loadConfig({ keepAlive: "90" }, {}).keepAliveMs).toBe(90_000);
+    expect(() => loadConfig({ keepAlive: "soon" }, {})).toThrow(/--keep-alive must be a duration/);
+    expect(() => loadConfig({ parallel: "0" }, {})).toThrow(/--parallel must be an integer from 1/);
+  });
+
   test("invalid values are refused with the setting's name", () => {
     expect(() => loadConfig({ threads: "0" }, {})).toThrow(/--threads must be an integer from 1/);
     expect(() => loadConfig({}, { SHIMMY_THREADS: "lots" })).toThrow(/SHIMMY_THREADS/);
@@ -64,7 +76,7 @@ describe("model names and registry", () => {
         mkdirSync(path.dirname(path.join(dir, f)), { recursive: true });
         writeFileSync(path.join(dir, f), "x");
       }
-      const reg = new ModelRegistry({ baseGguf: "base.gguf", loraGguf: "x-lora.gguf", modelPath: "extra.gguf", modelDirs: ["other"] }, dir);
+      const reg = new ModelRegistry({ baseGguf: "base.gguf", loras: [{ path: "x-lora.gguf", scale: 1 }], modelPath: "extra.gguf", modelDirs: ["other"] }, dir);
       const list = reg.list();
       expect(list.map((e) => [e.name, e.source])).toEqual([
         ["base", "env"],
@@ -74,9 +86,9 @@ describe("model names and registry", () => {
         ["flora-7b", "dir"],
       ]);
       // The adapter applies to --model-path when given, else to SHIMMY_BASE_GGUF.
-      expect(list[0]!.lora).toBeUndefined();
-      expect(list[1]!.lora).toBe(path.join(dir, "x-lora.gguf"));
-      expect(new ModelRegistry({ baseGguf: "base.gguf", loraGguf: "x-lora.gguf", modelDirs: [] }, dir).list()[0]!.lora).toBe(path.join(dir, "x-lora.gguf"));
+      expect(list[0]!.loras).toBeUndefined();
+      expect(list[1]!.loras).toEqual([{ path: path.join(dir, "x-lora.gguf"), scale: 1 }]);
+      expect(new ModelRegistry({ baseGguf: "base.gguf", loras: [{ path: "x-lora.gguf", scale: 0.5 }], modelDirs: [] }, dir).list()[0]!.loras).toEqual([{ path: path.join(dir, "x-lora.gguf"), scale: 0.5 }]);
       expect(list[2]!.path).toBe(path.join(dir, "models/A_Model.gguf"));
       expect(reg.get("A_Model")?.name).toBe("a-model");
       expect(reg.get("a-model.gguf")?.name).toBe("a-model");

@@ -115,10 +115,21 @@ describe("engine", () => {
     expect(after.timings.generatedTokens).toBe(4);
   });
 
-  test("concurrent requests queue for the slot and all complete", async () => {
-    const outs = await Promise.all([1, 2, 3].map(() => engine.complete("tiny", { prompt: "hello world", ...greedy, maxTokens: 16 })));
+  test("concurrent requests share the parallel slots (batched decoding) and all complete alike", async () => {
+    const loaded = await engine.load("tiny");
+    expect(loaded.native.slots).toBe(4);
+    let maxBusy = 0;
+    const outs = await Promise.all(
+      [1, 2, 3, 4, 5, 6].map(() =>
+        engine.complete("tiny", { prompt: "hello world", ...greedy, maxTokens: 24 }, () => {
+          maxBusy = Math.max(maxBusy, loaded.native.busy);
+        }),
+      ),
+    );
     expect(new Set(outs.map((o) => o.text)).size).toBe(1);
-    expect(Math.max(...outs.map((o) => o.timings.queueMs))).toBeGreaterThan(0);
+    for (const o of outs) expect(o.timings.generatedTokens).toBe(24);
+    expect(maxBusy).toBe(4);
+    expect(loaded.native.busy).toBe(0);
   });
 
   test("chat: messages use the GGUF's ChatML template; named overrides change the prompt", async () => {
@@ -184,7 +195,7 @@ describe("engine", () => {
     const { Engine } = await import("../src/engine/engine.ts");
     const { ModelRegistry } = await import("../src/engine/registry.ts");
     const { OverloadedError } = await import("../src/errors.ts");
-    const e = new Engine(new ModelRegistry({ baseGguf: fx.tiny, modelDirs: [] }), { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: 4096, chatTemplate: "auto", maxQueue: 1 });
+    const e = new Engine(new ModelRegistry({ baseGguf: fx.tiny, modelDirs: [] }), { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: 4096, chatTemplate: "auto", maxQueue: 1, parallel: 1 });
     try {
       await e.load("tiny");
       const running = e.complete("tiny", { prompt: "a", ...greedy, maxTokens: 300 });
@@ -197,6 +208,121 @@ describe("engine", () => {
     } finally {
       await e.close();
     }
+  });
+
+  test("lifecycle: keep-alive unloads an idle model; per-request keep-alive; LRU eviction at the loaded-models limit", async () => {
+    const { Engine } = await import("../src/engine/engine.ts");
+    const { ModelRegistry } = await import("../src/engine/registry.ts");
+    const dir = path.join(fx.dir, "lifecycle");
+    require("node:fs").mkdirSync(dir);
+    for (const n of ["a", "b", "c"]) copyFileSync(fx.tiny, path.join(dir, `${n}.gguf`));
+    const e = new Engine(new ModelRegistry({ modelDirs: [dir] }, dir), { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: 512, chatTemplate: "auto", parallel: 1, keepAliveMs: 300, maxLoadedModels: 2 });
+    try {
+      await e.complete("a", { prompt: "x", ...greedy, maxTokens: 2 });
+      expect(e.status("a")).toMatchObject({ state: "loaded", active: 0 });
+      expect(e.status("a").expiresAt).not.toBeNull();
+      await Bun.sleep(600);
+      expect(e.status("a").state).toBe("unloaded");
+      // keep_alive -1 (per request): stays; 0: unloads right after.
+      await e.complete("a", { prompt: "x", ...greedy, maxTokens: 2, keepAliveMs: -1 });
+      await e.complete("b", { prompt: "x", ...greedy, maxTokens: 2, keepAliveMs: 0 });
+      await Bun.sleep(50);
+      expect(e.ps().map((m) => m.name)).toEqual(["a"]);
+      expect(e.status("a").expiresAt).toBeNull();
+      // At the limit (2), loading c evicts the least recently used idle model.
+      await e.complete("b", { prompt: "x", ...greedy, maxTokens: 2, keepAliveMs: -1 });
+      await e.complete("a", { prompt: "x", ...greedy, maxTokens: 2, keepAliveMs: -1 });
+      await e.complete("c", { prompt: "x", ...greedy, maxTokens: 2, keepAliveMs: -1 });
+      expect(e.ps().map((m) => m.name).sort()).toEqual(["a", "c"]);
+      // A busy model is never evicted: with a and c both busy, loading b is refused (503).
+      const ca = e.complete("a", { prompt: "x", ...greedy, maxTokens: 200 });
+      const cc = e.complete("c", { prompt: "x", ...greedy, maxTokens: 200 });
+      await Bun.sleep(5);
+      const refused = await e.complete("b", { prompt: "x", ...greedy, maxTokens: 2 }).catch((err) => err);
+      expect(refused.status).toBe(503);
+      expect(refused.message).toContain("loaded and busy");
+      await Promise.all([ca, cc]);
+      // Explicit unload.
+      expect(await e.unload("a")).toBe(true);
+      expect(e.status("a").state).toBe("unloaded");
+      expect(await e.unload("a")).toBe(false);
+    } finally {
+      await e.close();
+    }
+  });
+
+  test("a model that does not fit the memory limit is refused with 503, not loaded", async () => {
+    const { Engine } = await import("../src/engine/engine.ts");
+    const { ModelRegistry } = await import("../src/engine/registry.ts");
+    const e = new Engine(new ModelRegistry({ baseGguf: fx.tiny, modelDirs: [] }), { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: 512, chatTemplate: "auto", memoryLimit: 64 * 1024 });
+    try {
+      const err = await e.load("tiny").catch((x) => x);
+      expect(err.status).toBe(503);
+      expect(err.message).toMatch(/not enough memory to load tiny: it needs about [\d.]+ GiB .* allowed \(SHIMMY_MEMORY_LIMIT\)/);
+      expect(e.ps()).toEqual([]);
+    } finally {
+      await e.close();
+    }
+  });
+
+  test("LoRA hot swap: new requests get the new adapter, the one in flight keeps its own", async () => {
+    const e = makeEngine({ base: fx.tiny });
+    try {
+      const bare = await e.complete("tiny", { prompt: "hello world", ...greedy, maxTokens: 16 });
+      const long = e.complete("tiny", { prompt: "hello world", ...greedy, maxTokens: 400 });
+      await Bun.sleep(5);
+      const st = await e.setLora("tiny", [{ path: fx.lora, scale: 1 }]);
+      expect(st.loras).toEqual([{ path: fx.lora, scale: 1 }]);
+      const withLora = await e.complete("tiny", { prompt: "hello world", ...greedy, maxTokens: 16 });
+      const inFlight = await long;
+      expect(withLora.text).not.toBe(bare.text);
+      expect(inFlight.text.startsWith(bare.text)).toBe(true);
+      await e.setLora("tiny", []);
+      expect((await e.complete("tiny", { prompt: "hello world", ...greedy, maxTokens: 16 })).text).toBe(bare.text);
+      const bad = await e.setLora("tiny", [{ path: fx.tiny, scale: 1 }]).catch((x) => x);
+      expect(bad.message).toContain("is not a LoRA adapter");
+    } finally {
+      await e.close();
+    }
+  });
+
+  test("prompt cache: a follow-up turn reuses the shared prefix (cache_n) and gives the same text", async () => {
+    const e = makeEngine({ dir: fx.dir });
+    try {
+      const history = [{ role: "user" as const, content: "hello world ".repeat(40) }];
+      const t1 = await e.complete("tiny", { messages: history, ...greedy, maxTokens: 8 });
+      expect(t1.timings.cachedTokens).toBe(0);
+      const turn2 = [...history, { role: "assistant" as const, content: t1.text }, { role: "user" as const, content: "and then?" }];
+      const t2 = await e.complete("tiny", { messages: turn2, ...greedy, maxTokens: 8 });
+      expect(t2.timings.cachedTokens).toBeGreaterThan(t1.timings.promptTokens - 5);
+      expect(t2.timings.cachedTokens).toBeLessThan(t2.timings.promptTokens);
+      // The same request on a cold model gives the same text.
+      const cold = makeEngine({ dir: fx.dir });
+      try {
+        const c = await cold.complete("tiny", { messages: turn2, ...greedy, maxTokens: 8 });
+        expect(c.timings.cachedTokens).toBe(0);
+        expect(c.text).toBe(t2.text);
+      } finally {
+        await cold.close();
+      }
+    } finally {
+      await e.close();
+    }
+  });
+
+  test("drain: running generations get the grace period, then are aborted; new work is refused", async () => {
+    const e = makeEngine({ dir: fx.dir });
+    const long = e.complete("tiny", { prompt: "x", ...greedy, maxTokens: 3500 });
+    await Bun.sleep(20);
+    const t0 = performance.now();
+    const drained = await e.drain(200);
+    expect(drained.finished).toBe(false);
+    expect(performance.now() - t0).toBeLessThan(5000);
+    const r = await long;
+    expect(r.finishReason).toBe("abort");
+    expect(e.state).toBe("draining");
+    const refused = await e.complete("tiny", { prompt: "x", maxTokens: 1 }).catch((x) => x);
+    expect(refused.status).toBe(503);
   });
 
   test("a prompt longer than the context is refused before generating", async () => {
@@ -225,7 +351,7 @@ describe("engine", () => {
     try {
       const a = await withLora.complete("tiny", { prompt: "hello world", ...greedy, maxTokens: 16 });
       const b = await engine.complete("tiny", { prompt: "hello world", ...greedy, maxTokens: 16 });
-      expect(withLora.list()[0]!.lora).toBe(fx.lora);
+      expect(withLora.list()[0]!.loras).toEqual([{ path: fx.lora, scale: 1 }]);
       expect(a.text).not.toBe(b.text);
     } finally {
       await withLora.close();

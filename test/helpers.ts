@@ -23,7 +23,7 @@ export async function makeFixtures(): Promise<{ dir: string; tiny: string; lora:
 
 /** A real engine on CPU with 1 thread (fastest for the tiny model on 2 cores). */
 export function makeEngine(opts: { dir?: string; base?: string; lora?: string; ctxSize?: number } = {}): Engine {
-  const registry = new ModelRegistry({ baseGguf: opts.base, loraGguf: opts.lora, modelDirs: opts.dir ? [opts.dir] : [] }, opts.dir ?? os.tmpdir());
+  const registry = new ModelRegistry({ baseGguf: opts.base, loras: opts.lora ? [{ path: opts.lora, scale: 1 }] : [], modelDirs: opts.dir ? [opts.dir] : [] }, opts.dir ?? os.tmpdir());
   return new Engine(registry, { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: opts.ctxSize ?? 4096, chatTemplate: "auto" });
 }
 

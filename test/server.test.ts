@@ -6,7 +6,7 @@ import { createApp } from "../src/server/app.ts";
 import type { ServingEngine } from "../src/server/http.ts";
 import { parseSse } from "./helpers.ts";
 
-const timings = { promptTokens: 3, promptMs: 1, promptTokensPerSecond: 3000, generatedTokens: 3, generateMs: 2, tokensPerSecond: 1000, ttftMs: 1, queueMs: 0, totalMs: 3 };
+const timings = { promptTokens: 3, cachedTokens: 0, promptMs: 1, promptTokensPerSecond: 3000, generatedTokens: 3, generateMs: 2, tokensPerSecond: 1000, ttftMs: 1, queueMs: 0, totalMs: 3 };
 
 /** A fake engine: model "fake" yields `script`; "broken" fails to load; "dies" fails after 2 tokens. */
 function fakeEngine(script: string[] = ["Hel", "lo\nwor", "ld"]) {

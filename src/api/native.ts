@@ -44,6 +44,7 @@ export type GenerateRequest = typeof GenerateRequest.static;
 
 export const Timings = t.Object({
   prompt_n: t.Integer(),
+  cache_n: t.Integer(),
   prompt_ms: t.Number(),
   prompt_per_second: t.Number(),
   predicted_n: t.Integer(),
@@ -78,7 +79,7 @@ export type ErrorBody = typeof ErrorBody.static;
 export const ModelSummary = t.Object({
   name: t.String(),
   path: t.String(),
-  lora: t.Optional(t.String()),
+  loras: t.Optional(t.Array(t.Object({ path: t.String(), scale: t.Number() }))),
   source: t.String(),
   size_bytes: t.Integer(),
   loaded: t.Boolean(),

@@ -11,7 +11,7 @@ import { parseBind } from "../server/listen.ts";
 export const modelArgs = {
   "model-path": { type: "string", description: "Serve this .gguf file (under its file-stem name)", valueHint: "FILE" },
   "model-dirs": { type: "string", description: "Extra directories to scan for *.gguf, comma separated (also SHIMMY_MODEL_PATHS)", valueHint: "DIRS" },
-  lora: { type: "string", description: "LoRA adapter .gguf applied to --model-path, else to SHIMMY_BASE_GGUF (also SHIMMY_LORA_GGUF)", valueHint: "FILE" },
+  lora: { type: "string", description: "LoRA adapter FILE[:SCALE] applied to --model-path, else to SHIMMY_BASE_GGUF; repeat or comma-separate for several (also SHIMMY_LORA_GGUF)", valueHint: "FILE" },
 } satisfies ArgsDef;
 
 export const runtimeArgs = {
@@ -31,7 +31,7 @@ export function configFrom(args: Flags): Config {
     const config = loadConfig({
       bind: str("bind"),
       modelPath: str("model-path"),
-      loraGguf: str("lora"),
+      loraGguf: Array.isArray(args.lora) ? args.lora.join(",") : str("lora"),
       modelDirs: str("model-dirs")?.split(",").map((s) => s.trim()).filter(Boolean),
       threads: str("threads"),
       ctxSize: str("ctx-size"),
@@ -61,7 +61,7 @@ export async function engineFrom(config: Config): Promise<Engine> {
     registry.addFile(await ensureDemoModel(config.cacheDir), "demo");
     log.warn(`no model found: using the built-in demo model '${DEMO_MODEL_NAME}' (RANDOM WEIGHTS: its output is gibberish; it is for trying shimmy). Add models with --model-path, SHIMMY_BASE_GGUF or ./models.`);
   }
-  return new Engine(registry, { gpu: config.gpu, threads: config.threads, threadsExplicit: config.threadsExplicit, ctxSize: config.ctxSize, chatTemplate: config.chatTemplate, chatTemplates: config.chatTemplates, maxQueue: config.maxQueue, cacheDir: config.cacheDir, runtimeDir: config.runtimeDir });
+  return new Engine(registry, { gpu: config.gpu, threads: config.threads, threadsExplicit: config.threadsExplicit, ctxSize: config.ctxSize, chatTemplate: config.chatTemplate, chatTemplates: config.chatTemplates, maxQueue: config.maxQueue, parallel: config.parallel, keepAliveMs: config.keepAliveMs, maxLoadedModels: config.maxLoadedModels, memoryLimit: config.memoryLimit, cacheDir: config.cacheDir, runtimeDir: config.runtimeDir });
 }
 
 /** Parses an optional integer flag with a range; throws UsageError naming the flag. */

@@ -1,16 +1,17 @@
 /**
- * The engine: loads each model once and keeps it loaded, turns generation into an AsyncIterable of
- * token events, and reports timings. Knows nothing of HTTP. node-llama-cpp is imported lazily, on
- * the first load, through ./llama.ts.
+ * The engine: model lifecycle (load on first use, shared loads, keep-alive unload, least-recently-used
+ * eviction, drain on shutdown), generation as an AsyncIterable of token events with timings, and the
+ * counters the metrics read. Knows nothing of HTTP. node-llama-cpp is imported lazily, on the first
+ * load, through ./llama.ts.
  */
 import { statSync } from "node:fs";
 import os from "node:os";
-import { BadRequestError, ModelLoadError, ModelNotFoundError, toShimmyError } from "../errors.ts";
+import { BadRequestError, ModelLoadError, ModelNotFoundError, OverloadedError, toShimmyError } from "../errors.ts";
 import { log } from "../log.ts";
 import type { NativeBackend, NativeModel } from "./llama.ts";
 import type { ModelRegistry } from "./registry.ts";
 import { ensureNativeRuntime } from "./runtime.ts";
-import type { BackendInfo, BackendOptions, GenerateOptions, GenerateResult, ModelEntry, ModelInfo, TokenEvent, TokenLogprob } from "./types.ts";
+import type { BackendInfo, BackendOptions, GenerateOptions, GenerateResult, LoraAdapter, ModelEntry, ModelInfo, Timings, TokenEvent, TokenLogprob } from "./types.ts";
 
 export interface LoadedModel {
   entry: ModelEntry;
@@ -18,13 +19,66 @@ export interface LoadedModel {
   loadMs: number;
 }
 
+/** Lifecycle settings; each has a config flag (see config.ts). */
+export interface LifecycleOptions {
+  /** Idle time before a model unloads, ms; -1 never, 0 right after each request. Default 5 min. */
+  keepAliveMs?: number;
+  /** Most models loaded at once. Default 3. */
+  maxLoadedModels?: number;
+}
+
+/** Hooks the metrics module attaches to; all optional and synchronous. */
+export interface EngineObserver {
+  onLoad?(model: string, ms: number): void;
+  /** Time between two token events of one generation. */
+  onTokenGap?(model: string, ms: number): void;
+  onDone?(model: string, timings: Timings, finishReason: string): void;
+}
+
+export type ModelState = "loading" | "loaded";
+
+/** One entry of `ps()` / `status()`. */
+export interface ModelStatus {
+  name: string;
+  state: ModelState | "unloaded";
+  /** Generations running now. */
+  active: number;
+  /** Requests waiting for a slot. */
+  queued: number;
+  slots: number;
+  /** Bytes the weights take (node-llama-cpp's figure), once loaded. */
+  sizeBytes?: number;
+  contextSize?: number;
+  loras?: LoraAdapter[];
+  /** When it will unload if it stays idle (ISO time); null = never or busy. */
+  expiresAt?: string | null;
+  loadMs?: number;
+}
+
+class ModelHandle {
+  state: ModelState = "loading";
+  loaded: LoadedModel | undefined;
+  active = 0;
+  lastUsed = Date.now();
+  expiresAt: number | null = null;
+  timer: ReturnType<typeof setTimeout> | undefined;
+  idleWaiters: Array<() => void> = [];
+  constructor(
+    readonly entry: ModelEntry,
+    readonly ready: Promise<LoadedModel>,
+  ) {}
+}
+
 export class Engine {
   private backendPromise: Promise<NativeBackend> | undefined;
-  private readonly models = new Map<string, Promise<LoadedModel>>();
+  private readonly models = new Map<string, ModelHandle>();
+  private readonly running = new Set<AbortController>();
+  private draining = false;
+  observer: EngineObserver = {};
 
   constructor(
     readonly registry: ModelRegistry,
-    readonly options: BackendOptions,
+    readonly options: BackendOptions & LifecycleOptions,
   ) {}
 
   /** Starts llama.cpp once (lazy). */
@@ -50,29 +104,132 @@ export class Engine {
     return entry;
   }
 
-  /** Loads a model (once; concurrent callers share the load). A failed load is not cached. */
+  /** `ready` (serving), `loading` (a model is loading) or `draining` (shutting down). */
+  get state(): "ready" | "loading" | "draining" {
+    if (this.draining) return "draining";
+    return [...this.models.values()].some((h) => h.state === "loading") ? "loading" : "ready";
+  }
+
+  /**
+   * Loads a model (once; concurrent callers share the load; a failed load is not kept). At the
+   * loaded-models limit, the least recently used idle model is unloaded first; when every loaded
+   * model is busy, OverloadedError (503).
+   */
   load(name: string): Promise<LoadedModel> {
-    let entry: ModelEntry;
     try {
-      entry = this.resolve(name);
+      return this.handle(name).ready;
     } catch (err) {
       return Promise.reject(err);
     }
-    const cached = this.models.get(entry.name);
-    if (cached) return cached;
-    const loading = (async () => {
+  }
+
+  private handle(name: string): ModelHandle {
+    if (this.draining) throw new OverloadedError("shimmy is shutting down");
+    const entry = this.resolve(name);
+    const existing = this.models.get(entry.name);
+    if (existing) return existing;
+    this.makeRoom();
+    const ready = (async () => {
       const t0 = performance.now();
       const backend = await this.backend();
       const native = await backend.loadModel(entry);
       const loadMs = performance.now() - t0;
-      log.debug(`loaded ${entry.name} in ${loadMs.toFixed(0)} ms (context ${native.contextSize})`);
+      log.debug(`loaded ${entry.name} in ${loadMs.toFixed(0)} ms (context ${native.contextSize} x ${native.slots} slots)`);
+      this.observer.onLoad?.(entry.name, loadMs);
       return { entry, native, loadMs };
-    })();
-    this.models.set(entry.name, loading);
-    loading.catch(() => this.models.delete(entry.name));
-    return loading.catch((err) => {
+    })().catch((err) => {
       throw toShimmyError(err, ModelLoadError);
     });
+    const h = new ModelHandle(entry, ready);
+    this.models.set(entry.name, h);
+    ready.then(
+      (m) => {
+        h.loaded = m;
+        h.state = "loaded";
+        this.scheduleUnload(h, this.options.keepAliveMs ?? 300_000);
+      },
+      () => this.models.delete(entry.name),
+    );
+    return h;
+  }
+
+  /** Frees a place under the loaded-models limit by unloading least recently used idle models. */
+  private makeRoom(): void {
+    const max = this.options.maxLoadedModels ?? 3;
+    while (this.models.size >= max) {
+      const idle = [...this.models.values()].filter((h) => h.state === "loaded" && h.active === 0).sort((a, b) => a.lastUsed - b.lastUsed)[0];
+      if (!idle) throw new OverloadedError(`${this.models.size} models are loaded and busy (max-loaded-models ${max}); retry later`);
+      log.info(`unloading ${idle.entry.name} (least recently used; max-loaded-models ${max})`);
+      void this.dispose(idle);
+    }
+  }
+
+  private scheduleUnload(h: ModelHandle, keepAliveMs: number): void {
+    clearTimeout(h.timer);
+    h.timer = undefined;
+    h.expiresAt = null;
+    if (h.active > 0 || keepAliveMs < 0) return;
+    if (keepAliveMs === 0) {
+      void this.dispose(h);
+      return;
+    }
+    h.expiresAt = Date.now() + keepAliveMs;
+    h.timer = setTimeout(() => {
+      if (h.active === 0 && this.models.get(h.entry.name) === h) {
+        log.info(`unloading ${h.entry.name} (idle for ${Math.round(keepAliveMs / 1000)} s)`);
+        void this.dispose(h);
+      }
+    }, keepAliveMs);
+    h.timer.unref?.();
+  }
+
+  /** Removes a model from the table at once; frees its memory when its generations have ended. */
+  private async dispose(h: ModelHandle): Promise<void> {
+    clearTimeout(h.timer);
+    if (this.models.get(h.entry.name) === h) this.models.delete(h.entry.name);
+    if (h.active > 0) await new Promise<void>((r) => h.idleWaiters.push(r));
+    await (await h.ready.catch(() => undefined))?.native.dispose();
+  }
+
+  /** Unloads a model now (its running generations finish first). False when it was not loaded. */
+  async unload(name: string): Promise<boolean> {
+    const h = this.models.get(this.resolve(name).name);
+    if (!h) return false;
+    await h.ready.catch(() => undefined);
+    await this.dispose(h);
+    return true;
+  }
+
+  /** Replaces a model's LoRA adapters (loading it if needed); generations in flight keep theirs. */
+  async setLora(name: string, loras: LoraAdapter[]): Promise<ModelStatus> {
+    const m = await this.load(name);
+    await m.native.setLora(loras);
+    return this.status(name);
+  }
+
+  private statusOf(h: ModelHandle): ModelStatus {
+    const n = h.loaded?.native;
+    return {
+      name: h.entry.name,
+      state: h.state,
+      active: h.active,
+      queued: n?.queued ?? 0,
+      slots: n?.slots ?? this.options.parallel ?? 1,
+      ...(n ? { sizeBytes: n.sizeBytes, contextSize: n.contextSize, loras: n.loras, loadMs: Math.round(h.loaded!.loadMs) } : {}),
+      expiresAt: h.expiresAt === null ? null : new Date(h.expiresAt).toISOString(),
+    };
+  }
+
+  /** One model's lifecycle state. */
+  status(name: string): ModelStatus {
+    const entry = this.resolve(name);
+    const h = this.models.get(entry.name);
+    return h ? this.statusOf(h) : { name: entry.name, state: "unloaded", active: 0, queued: 0, slots: this.options.parallel ?? 1 };
+  }
+
+  /** Models loaded or loading, most recently used first. */
+  ps(): ModelStatus[] {
+    return [...this.models.values()].sort((a, b) => b.lastUsed - a.lastUsed).map((h) => this.statusOf(h));
   }
 
   /** Registered models with size and whether each is loaded. */
@@ -82,69 +239,90 @@ export class Engine {
       try {
         sizeBytes = statSync(e.path).size;
       } catch {}
-      return { ...e, sizeBytes, loaded: this.models.has(e.name) };
+      return { ...e, sizeBytes, loaded: this.models.get(e.name)?.state === "loaded" };
     });
   }
 
   /** Names of models currently loaded. */
   loadedNames(): string[] {
-    return [...this.models.keys()];
+    return [...this.models.values()].filter((h) => h.state === "loaded").map((h) => h.entry.name);
   }
 
   /**
    * Streams a generation: `token` events with text, then one `done` event with the full text,
    * finish reason and timings. Errors before the first token (unknown model, load failure, prompt
-   * too long) are thrown from the first `next()`. Stopping the iteration early (`return()`, e.g. a
-   * `break` or a disconnected client) or aborting `opts.signal` stops generation within one token.
+   * too long, overload) are thrown from the first `next()`. Stopping the iteration early (`return()`,
+   * e.g. a `break` or a disconnected client), aborting `opts.signal`, or a drain past its grace stops
+   * generation within one token and frees the slot.
    */
-  async *generate(name: string, opts: GenerateOptions): AsyncGenerator<TokenEvent, void, undefined> {
+  async *generate(name: string, opts: GenerateOptions & { keepAliveMs?: number }): AsyncGenerator<TokenEvent, void, undefined> {
     const tCall = performance.now();
-    const model = await this.load(name);
-    const tLoaded = performance.now();
+    const h = this.handle(name);
+    h.active++;
+    clearTimeout(h.timer);
+    h.expiresAt = null;
     const controller = new AbortController();
+    this.running.add(controller);
     const onOuterAbort = () => controller.abort(opts.signal?.reason);
     if (opts.signal?.aborted) controller.abort(opts.signal.reason);
     opts.signal?.addEventListener("abort", onOuterAbort, { once: true });
-
-    const pending: Array<{ text: string; logprobs?: TokenLogprob[] }> = [];
-    let wake: (() => void) | undefined;
-    let result: GenerateResult | undefined;
-    let failure: unknown;
-    let ended = false;
-    const notify = () => {
-      wake?.();
-      wake = undefined;
-    };
-    const run = model.native
-      .generate({ ...opts, signal: controller.signal }, (text, logprobs) => {
-        pending.push(logprobs?.length ? { text, logprobs } : { text });
-        notify();
-      }, tCall, tLoaded)
-      .then(
-        (r) => (result = r),
-        (err) => (failure = err),
-      )
-      .finally(() => {
-        ended = true;
-        notify();
-      });
     try {
-      while (true) {
-        while (pending.length) yield { type: "token", ...pending.shift()! };
-        if (ended) break;
-        await new Promise<void>((r) => (wake = r));
+      const model = await h.ready;
+      const tLoaded = performance.now();
+      const pending: Array<{ text: string; logprobs?: TokenLogprob[] }> = [];
+      let wake: (() => void) | undefined;
+      let result: GenerateResult | undefined;
+      let failure: unknown;
+      let ended = false;
+      let lastToken = 0;
+      const notify = () => {
+        wake?.();
+        wake = undefined;
+      };
+      const run = model.native
+        .generate({ ...opts, signal: controller.signal }, (text, logprobs) => {
+          const now = performance.now();
+          if (lastToken) this.observer.onTokenGap?.(model.entry.name, now - lastToken);
+          lastToken = now;
+          pending.push(logprobs?.length ? { text, logprobs } : { text });
+          notify();
+        }, tCall, tLoaded)
+        .then(
+          (r) => (result = r),
+          (err) => (failure = err),
+        )
+        .finally(() => {
+          ended = true;
+          notify();
+        });
+      try {
+        while (true) {
+          while (pending.length) yield { type: "token", ...pending.shift()! };
+          if (ended) break;
+          await new Promise<void>((r) => (wake = r));
+        }
+        if (failure) throw toShimmyError(failure);
+        const r = result!;
+        this.observer.onDone?.(model.entry.name, r.timings, r.finishReason);
+        yield { type: "done", model: model.entry.name, text: r.text, finishReason: r.finishReason, timings: r.timings, ...(r.toolCalls ? { toolCalls: r.toolCalls } : {}), ...(r.logprobs ? { logprobs: r.logprobs } : {}) };
+      } finally {
+        if (!ended) controller.abort(new Error("consumer stopped"));
+        await run;
       }
-      if (failure) throw toShimmyError(failure);
-      yield { type: "done", model: model.entry.name, text: result!.text, finishReason: result!.finishReason, timings: result!.timings, ...(result!.toolCalls ? { toolCalls: result!.toolCalls } : {}), ...(result!.logprobs ? { logprobs: result!.logprobs } : {}) };
     } finally {
       opts.signal?.removeEventListener("abort", onOuterAbort);
-      if (!ended) controller.abort(new Error("consumer stopped"));
-      await run;
+      this.running.delete(controller);
+      h.active--;
+      h.lastUsed = Date.now();
+      if (h.active === 0) {
+        for (const w of h.idleWaiters.splice(0)) w();
+        if (this.models.get(h.entry.name) === h && h.state === "loaded") this.scheduleUnload(h, opts.keepAliveMs ?? this.options.keepAliveMs ?? 300_000);
+      }
     }
   }
 
   /** Runs a generation to the end and returns its text and timings. */
-  async complete(name: string, opts: GenerateOptions, onToken?: (text: string) => void): Promise<GenerateResult> {
+  async complete(name: string, opts: GenerateOptions & { keepAliveMs?: number }, onToken?: (text: string) => void): Promise<GenerateResult> {
     for await (const ev of this.generate(name, opts)) {
       if (ev.type === "token") onToken?.(ev.text);
       else return { text: ev.text, finishReason: ev.finishReason, timings: ev.timings, ...(ev.toolCalls ? { toolCalls: ev.toolCalls } : {}), ...(ev.logprobs ? { logprobs: ev.logprobs } : {}) };
@@ -178,11 +356,30 @@ export class Engine {
     return { model: m.entry.name, ...(await m.native.embed(inputs, signal)) };
   }
 
+  /** Generations running now, over all models. */
+  get activeGenerations(): number {
+    return this.running.size;
+  }
+
+  /**
+   * Shutdown: refuse new work, give running generations `graceMs` to finish, abort the rest (they end
+   * with finish reason `abort`), then unload everything.
+   */
+  async drain(graceMs: number): Promise<{ finished: boolean }> {
+    this.draining = true;
+    const deadline = Date.now() + graceMs;
+    while (this.running.size > 0 && Date.now() < deadline) await Bun.sleep(Math.min(50, Math.max(1, deadline - Date.now())));
+    const finished = this.running.size === 0;
+    for (const c of this.running) c.abort(new Error("server shutting down"));
+    while (this.running.size > 0) await Bun.sleep(5);
+    await this.close();
+    return { finished };
+  }
+
   /** Unloads every model and stops llama.cpp. */
   async close(): Promise<void> {
-    const models = [...this.models.values()];
-    this.models.clear();
-    for (const m of models) await (await m.catch(() => undefined))?.native.dispose();
+    const handles = [...this.models.values()];
+    for (const h of handles) await this.dispose(h);
     const backend = await this.backendPromise?.catch(() => undefined);
     this.backendPromise = undefined;
     await backend?.close();

@@ -3,10 +3,13 @@
  * engine so that `--help`, `--version` and the server layer never load the addon.
  */
 import { readFileSync } from "node:fs";
+import os from "node:os";
 import {
   ChatMLChatWrapper,
   getLlama,
   getLlamaGpuTypes,
+  GgufInsights,
+  InsufficientMemoryError,
   JinjaTemplateChatWrapper,
   LlamaChat,
   TokenBias,
@@ -38,7 +41,7 @@ import { log } from "../log.ts";
 import { GbnfNumber } from "../../node_modules/node-llama-cpp/dist/utils/gbnfJson/terminals/GbnfNumber.js";
 import { nativeBuildInfo } from "./runtime.ts";
 import { StopMatcher } from "./stop.ts";
-import type { BackendInfo, BackendOptions, ChatMessage, FinishReason, GenerateOptions, GenerateResult, ModelEntry, TokenLogprob, ToolCall, ToolDefinition } from "./types.ts";
+import type { BackendInfo, BackendOptions, ChatMessage, FinishReason, GenerateOptions, GenerateResult, LoraAdapter, ModelEntry, TokenLogprob, ToolCall, ToolDefinition } from "./types.ts";
 
 GbnfNumber.prototype.getGrammar = function (this: { allowFractional: boolean }) {
   // At most 15 digits: every integer stays within Number.MAX_SAFE_INTEGER.
@@ -47,6 +50,17 @@ GbnfNumber.prototype.getGrammar = function (this: { allowFractional: boolean }) 
 };
 
 const LOG_TAIL = 20;
+
+const gib = (n: number) => `${(n / 1024 ** 3).toFixed(2)} GiB`;
+
+/** Memory the OS can give now: MemAvailable on Linux (page cache counts), else free memory. */
+function availableMemory(): number {
+  try {
+    const m = readFileSync("/proc/meminfo", "utf8").match(/^MemAvailable:\s+(\d+) kB/m);
+    if (m) return Number(m[1]) * 1024;
+  } catch {}
+  return os.freemem();
+}
 /** Below this size a model runs on 1 thread unless threads were set explicitly. */
 const SMALL_MODEL_BYTES = 64 * 1024 * 1024;
 
@@ -158,28 +172,52 @@ export class NativeBackend {
     };
   }
 
-  /** Validates the file's header, loads weights, LoRA and one context. Throws ModelLoadError. */
+  /**
+   * Refuses (503) a model whose weights and context, by node-llama-cpp's estimate, need more RAM
+   * than is available now (or than `memoryLimit`), instead of letting the machine swap or the
+   * process be killed. GPU memory is node-llama-cpp's own check (its InsufficientMemoryError).
+   */
+  private async checkMemory(entry: ModelEntry, contextSize: number, sequences: number): Promise<void> {
+    if (this.llama.gpu !== false && this.opts.memoryLimit === undefined) return;
+    const info = await readGgufFileInfo(entry.path, { logWarnings: false, sourceType: "filesystem" });
+    const insights = await GgufInsights.from(info, this.llama);
+    const model = await insights.estimateModelResourceRequirementsV2({ gpuLayers: 0 });
+    const ctx = await insights.estimateContextResourceRequirementsV2({ contextSize, modelGpuLayers: 0, sequences });
+    const need = model.cpuRam + ctx.cpuRam;
+    const available = this.opts.memoryLimit ?? availableMemory();
+    if (need > available)
+      throw new OverloadedError(`not enough memory to load ${entry.name}: it needs about ${gib(need)} (weights ${gib(model.cpuRam)}, context ${gib(ctx.cpuRam)} for ${sequences} slots of ${contextSize} tokens) and ${gib(available)} is ${this.opts.memoryLimit === undefined ? "available" : "allowed (SHIMMY_MEMORY_LIMIT)"}; unload a model, lower --parallel or --ctx-size`);
+  }
+
+  /** Validates the file's header, checks memory, loads weights, LoRA and one context of `parallel` slots. Throws ModelLoadError or OverloadedError. */
   async loadModel(entry: ModelEntry): Promise<NativeModel> {
     await validateGguf(entry.path);
-    if (entry.lora) await validateGguf(entry.lora, true);
+    for (const l of entry.loras ?? []) await validateGguf(l.path, true);
     this.recentLog.length = 0;
+    const sequences = this.opts.parallel ?? 4;
+    const trainContext = ((await readGgufFileInfo(entry.path, { readTensorInfo: false, logWarnings: false, sourceType: "filesystem" })).architectureMetadata as { context_length?: number }).context_length;
+    const contextSize = Math.max(256, Math.min(this.opts.ctxSize, trainContext || this.opts.ctxSize));
+    await this.checkMemory(entry, contextSize, sequences);
     let model: LlamaModel | undefined;
     try {
       model = await this.llama.loadModel({ modelPath: entry.path, gpuLayers: this.llama.gpu === false ? 0 : "auto" });
-      const contextSize = Math.max(256, Math.min(this.opts.ctxSize, model.trainContextSize || this.opts.ctxSize));
       const threads = !this.opts.threadsExplicit && model.size < SMALL_MODEL_BYTES ? 1 : this.opts.threads;
-      const context = await model.createContext({
-        contextSize,
-        sequences: 1,
-        threads,
-        ...(entry.lora ? { lora: { adapters: [{ filePath: entry.lora }] } } : {}),
-      });
-      return new NativeModel(model, context, this.opts.chatTemplates?.[entry.name] ?? this.opts.chatTemplate, threads, this.opts.maxQueue);
+      const loaded = model;
+      const makeContext = (loras: LoraAdapter[]) =>
+        loaded.createContext({
+          contextSize,
+          sequences,
+          threads,
+          ...(loras.length ? { lora: { adapters: loras.map((l) => ({ filePath: l.path, scale: l.scale })) } } : {}),
+        });
+      const context = await makeContext(entry.loras ?? []);
+      return new NativeModel(model, context, entry.loras ?? [], makeContext, this.opts.chatTemplates?.[entry.name] ?? this.opts.chatTemplate, threads, this.opts.maxQueue);
     } catch (err) {
       await model?.dispose().catch(() => {});
+      if (err instanceof InsufficientMemoryError) throw new OverloadedError(`not enough memory to load ${entry.name}: ${err.message}; unload a model, lower --parallel or --ctx-size`, { cause: err });
       const detail = this.recentLog.filter((l) => /error|fail|invalid|unable|cannot/i.test(l)).slice(-3).join("; ");
       throw new ModelLoadError(
-        `failed to load ${entry.lora ? `${entry.path} with LoRA ${entry.lora}` : entry.path}: ${(err as Error).message}${detail ? ` (llama.cpp: ${detail})` : ""}`,
+        `failed to load ${entry.loras?.length ? `${entry.path} with LoRA ${entry.loras.map((l) => l.path).join(", ")}` : entry.path}: ${(err as Error).message}${detail ? ` (llama.cpp: ${detail})` : ""}`,
         { cause: err },
       );
     }
@@ -232,21 +270,51 @@ const OPENCHAT = () =>
     },
   });
 
-/** A FIFO of waiters for the context's sequences (slots), with a bound on how many may wait. */
+/** Length of the common prefix of two token lists. */
+function commonPrefix(a: readonly Token[], b: readonly Token[]): number {
+  const n = Math.min(a.length, b.length);
+  let i = 0;
+  while (i < n && a[i] === b[i]) i++;
+  return i;
+}
+
+/**
+ * The context's sequences (slots) and a FIFO of requests waiting for one, bounded by `maxQueue`.
+ * A free slot is chosen by the longest cached prefix of the request's tokens (prompt cache).
+ */
 class SlotPool {
   private readonly free: LlamaContextSequence[] = [];
   private readonly waiters: Array<(s: LlamaContextSequence) => void> = [];
+  private retired: (() => void) | undefined;
+  readonly size: number;
   constructor(
-    context: LlamaContext,
+    readonly context: LlamaContext,
+    readonly loras: LoraAdapter[],
     private readonly maxQueue: number,
   ) {
     for (let i = 0; i < context.totalSequences; i++) this.free.push(context.getSequence());
+    this.size = this.free.length;
   }
-  /** Resolves with a free slot; rejects with the signal's reason if aborted while waiting, or OverloadedError when the queue is full. */
-  acquire(signal?: AbortSignal): Promise<LlamaContextSequence> {
-    const s = this.free.shift();
-    if (s) return Promise.resolve(s);
-    if (this.waiters.length >= this.maxQueue) return Promise.reject(new OverloadedError(`server overloaded: ${this.waiters.length} requests are already waiting for this model; retry later`));
+  get busy(): number {
+    return this.size - this.free.length;
+  }
+  get queued(): number {
+    return this.waiters.length;
+  }
+  /** Resolves with a free slot (preferring the one that caches most of `prefer`); rejects with the signal's reason if aborted while waiting, or OverloadedError when the queue is full. */
+  acquire(signal?: AbortSignal, prefer?: readonly Token[]): Promise<LlamaContextSequence> {
+    if (this.free.length) {
+      let best = 0;
+      if (prefer && this.free.length > 1) {
+        let bestLen = -1;
+        this.free.forEach((seq, i) => {
+          const len = commonPrefix(seq.contextTokens, prefer);
+          if (len > bestLen) [best, bestLen] = [i, len];
+        });
+      }
+      return Promise.resolve(this.free.splice(best, 1)[0]!);
+    }
+    if (this.waiters.length >= this.maxQueue) return Promise.reject(new OverloadedError(`server overloaded: all ${this.size} slots are busy and ${this.waiters.length} requests are waiting for this model; retry later`));
     return new Promise((resolve, reject) => {
       const waiter = (seq: LlamaContextSequence) => {
         signal?.removeEventListener("abort", onAbort);
@@ -265,6 +333,14 @@ class SlotPool {
     const w = this.waiters.shift();
     if (w) w(s);
     else this.free.push(s);
+    if (this.retired && this.busy === 0 && this.waiters.length === 0) this.retired();
+  }
+  /** Resolves once every slot is free and nobody waits (then the context can be disposed). */
+  retire(): Promise<void> {
+    return new Promise((resolve) => {
+      this.retired = resolve;
+      if (this.busy === 0 && this.waiters.length === 0) resolve();
+    });
   }
 }
 
@@ -294,6 +370,7 @@ class Clock {
   tStart = performance.now();
   tFirst: number | undefined;
   generated = 0;
+  cached = 0;
   constructor(
     readonly tCall: number,
     readonly tReady: number,
@@ -314,6 +391,7 @@ class Clock {
       ...(logprobs ? { logprobs } : {}),
       timings: {
         promptTokens: this.promptTokens,
+        cachedTokens: this.cached,
         promptMs,
         promptTokensPerSecond: promptMs > 0 ? (this.promptTokens * 1000) / promptMs : 0,
         generatedTokens: this.generated,
@@ -328,22 +406,74 @@ class Clock {
 }
 
 export class NativeModel {
-  private readonly slots: SlotPool;
+  /** The slots new requests go to; a LoRA swap replaces it (the old one serves what it started). */
+  private pool: SlotPool;
+  private readonly retiring = new Set<SlotPool>();
   private autoWrapper: ChatWrapper | undefined;
   private readonly jinjaWrappers = new Map<string, ChatWrapper>();
   private embedding: Promise<LlamaEmbeddingContext> | undefined;
 
   constructor(
     private readonly model: LlamaModel,
-    private readonly context: LlamaContext,
+    context: LlamaContext,
+    loras: LoraAdapter[],
+    /** Creates another context of the same shape with other adapters (LoRA hot swap). */
+    private readonly makeContext: (loras: LoraAdapter[]) => Promise<LlamaContext>,
     /** Built-in template name or Jinja file path used when a request names none. */
     private readonly defaultTemplate: string,
     /** llama.cpp threads this model's context uses. */
     readonly threads: number,
-    maxQueue = 64,
+    private readonly maxQueue = 64,
   ) {
-    this.slots = new SlotPool(context, maxQueue);
+    this.pool = new SlotPool(context, loras, maxQueue);
   }
+
+  /** Concurrent generations this model serves. */
+  get slots(): number {
+    return this.pool.size;
+  }
+
+  /** Slots generating now (all contexts). */
+  get busy(): number {
+    return this.pool.busy + [...this.retiring].reduce((n, p) => n + p.busy, 0);
+  }
+
+  /** Requests waiting for a slot. */
+  get queued(): number {
+    return this.pool.queued + [...this.retiring].reduce((n, p) => n + p.queued, 0);
+  }
+
+  /** Bytes of the weights in memory (node-llama-cpp's figure). */
+  get sizeBytes(): number {
+    return this.model.size;
+  }
+
+  /** Adapters new requests get. */
+  get loras(): LoraAdapter[] {
+    return this.pool.loras;
+  }
+
+  /**
+   * Applies other LoRA adapters (none = the bare model) without a restart: a new context takes new
+   * requests while the old one finishes the generations it started, then is disposed.
+   */
+  async setLora(loras: LoraAdapter[]): Promise<void> {
+    for (const l of loras) await validateGguf(l.path, true);
+    let context: LlamaContext;
+    try {
+      context = await this.makeContext(loras);
+    } catch (err) {
+      throw new ModelLoadError(`cannot apply LoRA ${loras.map((l) => l.path).join(", ")}: ${(err as Error).message}`, { cause: err });
+    }
+    const old = this.pool;
+    this.pool = new SlotPool(context, loras, this.maxQueue);
+    this.retiring.add(old);
+    void old.retire().then(async () => {
+      this.retiring.delete(old);
+      await old.context.dispose().catch(() => {});
+    });
+  }
+
 
   /** Whether LlamaCompletion puts a BOS token before the prompt. */
   private get prependsBos(): boolean {
@@ -351,7 +481,7 @@ export class NativeModel {
   }
 
   get contextSize(): number {
-    return this.context.contextSize;
+    return this.pool.context.contextSize;
   }
 
   get trainContextSize(): number {
@@ -466,11 +596,12 @@ export class NativeModel {
     }
   }
 
-  /** Runs `work` on a free slot; an abort while waiting resolves with `onAbortWhileQueued()`. */
-  private async onSlot<T>(signal: AbortSignal | undefined, onAbortWhileQueued: () => T, work: (seq: LlamaContextSequence) => Promise<T>): Promise<T> {
+  /** Runs `work` on a free slot (the one caching most of `prefer`); an abort while waiting resolves with `onAbortWhileQueued()`. */
+  private async onSlot<T>(signal: AbortSignal | undefined, onAbortWhileQueued: () => T, work: (seq: LlamaContextSequence) => Promise<T>, prefer?: readonly Token[]): Promise<T> {
+    const pool = this.pool;
     let seq: LlamaContextSequence;
     try {
-      seq = await this.slots.acquire(signal);
+      seq = await pool.acquire(signal, prefer);
     } catch (err) {
       if (signal?.aborted) return onAbortWhileQueued();
       throw err;
@@ -478,7 +609,7 @@ export class NativeModel {
     try {
       return await work(seq);
     } finally {
-      this.slots.release(seq);
+      pool.release(seq);
     }
   }
 
@@ -607,8 +738,12 @@ export class NativeModel {
     const sampling = this.samplingOptions(opts);
     const grammar = grammarOverride ?? (await this.grammarFor(opts.responseFormat, this.model.llama));
     const clock = new Clock(tCall, tReady, promptTokens);
+    const input: Token[] = this.prependsBos ? [this.model.tokens.bos!, ...tokens] : tokens;
     return this.onSlot(opts.signal, () => clock.result("", "abort"), async (seq) => {
       clock.tStart = performance.now();
+      // LlamaCompletion keeps the part of the slot's KV cache that matches the prompt (at least one
+      // prompt token is always evaluated).
+      clock.cached = Math.min(commonPrefix(seq.contextTokens, input), input.length - 1);
       const completion = new LlamaCompletion({ contextSequence: seq, autoDisposeSequence: false });
       // Our own controller: a stop sequence ends generation the same way an abort does.
       const controller = new AbortController();
@@ -655,7 +790,7 @@ export class NativeModel {
         opts.signal?.removeEventListener("abort", onAbort);
         completion.dispose({ disposeSequence: false });
       }
-    });
+    }, input);
   }
 
   /**
@@ -795,7 +930,7 @@ export class NativeModel {
 
   async dispose(): Promise<void> {
     await (await this.embedding?.catch(() => undefined))?.dispose().catch(() => {});
-    await this.context.dispose().catch(() => {});
+    for (const p of [...this.retiring, this.pool]) await p.context.dispose().catch(() => {});
     await this.model.dispose().catch(() => {});
   }
 }

@@ -6,7 +6,7 @@
 import { existsSync, readdirSync, statSync } from "node:fs";
 import path from "node:path";
 import type { Config } from "../config.ts";
-import type { ModelEntry, ModelSource } from "./types.ts";
+import type { LoraAdapter, ModelEntry, ModelSource } from "./types.ts";
 
 /** `Phi-3_mini 4k.Q4.gguf` -> `phi-3-mini-4k.q4`. */
 export function modelNameFromPath(file: string): string {
@@ -42,17 +42,17 @@ export class ModelRegistry {
   private readonly fixed: ModelEntry[] = [];
   private readonly dirs: string[];
 
-  constructor(config: Pick<Config, "baseGguf" | "loraGguf" | "modelPath" | "modelDirs">, cwd = process.cwd()) {
-    // The LoRA adapter applies to `--model-path` when given, else to SHIMMY_BASE_GGUF.
-    const lora = config.loraGguf ? path.resolve(cwd, config.loraGguf) : undefined;
-    if (config.baseGguf) this.addFile(path.resolve(cwd, config.baseGguf), "env", config.modelPath ? undefined : lora);
-    if (config.modelPath) this.addFile(path.resolve(cwd, config.modelPath), "model-path", lora);
+  constructor(config: Pick<Config, "baseGguf" | "modelPath" | "modelDirs"> & { loras?: Config["loras"] }, cwd = process.cwd()) {
+    // The LoRA adapters apply to `--model-path` when given, else to SHIMMY_BASE_GGUF.
+    const loras = (config.loras ?? []).map((l) => ({ path: path.resolve(cwd, l.path), scale: l.scale }));
+    if (config.baseGguf) this.addFile(path.resolve(cwd, config.baseGguf), "env", config.modelPath ? undefined : loras);
+    if (config.modelPath) this.addFile(path.resolve(cwd, config.modelPath), "model-path", loras);
     this.dirs = [...new Set([path.resolve(cwd, "models"), ...config.modelDirs.map((d) => path.resolve(cwd, d))])];
   }
 
   /** Registers one file under its stem name (or `name`). Later sources never shadow it. */
-  addFile(file: string, source: ModelSource, lora?: string, name = modelNameFromPath(file)): ModelEntry {
-    const entry: ModelEntry = { name, path: path.resolve(file), source, ...(lora ? { lora } : {}) };
+  addFile(file: string, source: ModelSource, loras?: LoraAdapter[], name = modelNameFromPath(file)): ModelEntry {
+    const entry: ModelEntry = { name, path: path.resolve(file), source, ...(loras?.length ? { loras } : {}) };
     this.fixed.push(entry);
     return entry;
   }

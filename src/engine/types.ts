@@ -82,8 +82,10 @@ export type FinishReason = "stop" | "length" | "abort" | "tool_calls";
 
 /** Timings carried with every result (llama.cpp server vocabulary in comments). */
 export interface Timings {
-  /** Prompt tokens evaluated (prompt_n), including BOS. */
+  /** Prompt tokens (prompt_n), including BOS. */
   promptTokens: number;
+  /** Of those, tokens reused from the slot's KV cache instead of evaluated (cache_n). */
+  cachedTokens: number;
   /** Time evaluating the prompt until the first token was sampled (prompt_ms). */
   promptMs: number;
   /** Prompt tokens per second. */
@@ -124,6 +126,12 @@ export interface GenerateResult {
   logprobs?: TokenLogprob[];
 }
 
+export interface LoraAdapter {
+  path: string;
+  /** Strength; default 1. */
+  scale: number;
+}
+
 export type ModelSource = "env" | "model-path" | "dir" | "demo";
 
 export interface ModelEntry {
@@ -131,8 +139,8 @@ export interface ModelEntry {
   name: string;
   /** Absolute path of the .gguf file. */
   path: string;
-  /** Absolute path of a LoRA adapter applied on load. */
-  lora?: string;
+  /** LoRA adapters (absolute paths, scales) applied when the model loads. */
+  loras?: LoraAdapter[];
   source: ModelSource;
 }
 
@@ -155,6 +163,10 @@ export interface BackendOptions {
   chatTemplates?: Record<string, string>;
   /** Most requests that may wait for a model's slot; more are refused (503). Default 64. */
   maxQueue?: number;
+  /** Concurrent generations per model (sequences of one context). Default 4. */
+  parallel?: number;
+  /** Bytes a model load may need at most (weights + context estimate); default: the memory available now. */
+  memoryLimit?: number;
   /** Cache dir and runtime dir override, for a single-file executable's native files (see runtime.ts). */
   cacheDir?: string;
   runtimeDir?: string;

@@ -30,6 +30,7 @@ export function wireTimings(t: Timings): WireTimings {
   const r = (n: number) => Math.round(n * 100) / 100;
   return {
     prompt_n: t.promptTokens,
+    cache_n: t.cachedTokens,
     prompt_ms: r(t.promptMs),
     prompt_per_second: r(t.promptTokensPerSecond),
     predicted_n: t.generatedTokens,

@@ -20,7 +20,7 @@ export default defineCommand({
     const engine = await engineFrom(configFrom(args));
     const models = engine.list();
     if (args.json) {
-      process.stdout.write(`${JSON.stringify(models.map((m) => ({ name: m.name, path: m.path, ...(m.lora ? { lora: m.lora } : {}), source: m.source, size_bytes: m.sizeBytes })), null, 2)}\n`);
+      process.stdout.write(`${JSON.stringify(models.map((m) => ({ name: m.name, path: m.path, ...(m.loras ? { loras: m.loras } : {}), source: m.source, size_bytes: m.sizeBytes })), null, 2)}\n`);
       return;
     }
     if (args.short) {
@@ -31,7 +31,7 @@ export default defineCommand({
       process.stderr.write("no models found: use --model-path, --model-dirs, SHIMMY_BASE_GGUF, SHIMMY_MODEL_PATHS or put *.gguf in ./models\n");
       return;
     }
-    const rows = [["NAME", "SIZE", "SOURCE", "PATH"], ...models.map((m) => [m.name, human(m.sizeBytes), m.source, m.lora ? `${m.path} + LoRA ${m.lora}` : m.path])];
+    const rows = [["NAME", "SIZE", "SOURCE", "PATH"], ...models.map((m) => [m.name, human(m.sizeBytes), m.source, m.loras ? `${m.path} + LoRA ${m.loras.map((l) => (l.scale === 1 ? l.path : `${l.path}:${l.scale}`)).join(", ")}` : m.path])];
     const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
     process.stdout.write(rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join("  ")).join("\n") + "\n");
   },

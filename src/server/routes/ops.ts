@@ -22,7 +22,7 @@ export const opsRoutes = (engine: ServingEngine, startedAt = Date.now()) =>
       models: engine.list().map((m) => ({
         name: m.name,
         path: m.path,
-        ...(m.lora ? { lora: m.lora } : {}),
+        ...(m.loras ? { loras: m.loras } : {}),
         source: m.source,
         size_bytes: m.sizeBytes,
         loaded: m.loaded,
