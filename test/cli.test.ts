@@ -465,7 +465,7 @@ describe("serve", () => {
     expect(res.status).toBe(200);
     expect(res.headers.get("content-type")).toContain("application/json");
     const body = (await res.json()) as { status: string; version: string; models: number };
-    expect(body).toMatchObject({ status: "ok", version: PKG_VERSION, models: 1 });
+    expect(body).toMatchObject({ status: "ready", version: PKG_VERSION, models: 1 });
     // Use llama.cpp before stopping: a shutdown after a model has run must still be clean.
     const gen = (await (await fetch(`${url}/api/generate`, { method: "POST", body: JSON.stringify({ model: "tiny", prompt: "hi", max_tokens: 3, stream: false }) })).json()) as { finish_reason: string };
     expect(gen.finish_reason).toBe("length");

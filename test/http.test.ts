@@ -84,10 +84,13 @@ describe("native API over a real socket", () => {
     }
     const events = parseSse(raw);
     expect(events.at(-1)!.data).toBe("[DONE]");
-    expect(events.length).toBe(33);
+    expect(events.length).toBe(34);
+    const done = events.at(-2)!;
+    expect(done.event).toBe("done");
+    expect(JSON.parse(done.data)).toMatchObject({ finish_reason: "length", timings: { predicted_n: 32 } });
     expect(chunks).toBeGreaterThan(5);
     const json = await (await gen({ ...req, stream: false })).json() as any;
-    expect(events.slice(0, -1).map((e) => e.data).join("")).toBe(json.response);
+    expect(events.slice(0, -2).map((e) => e.data).join("")).toBe(json.response);
     expect(json.finish_reason).toBe("length");
     expect(json.timings.predicted_n).toBe(32);
   });
@@ -198,7 +201,7 @@ describe("native API over a real socket", () => {
       expect((await res.json() as any).error).toMatch(msg);
     }
     const health = await (await fetch(`${server.url}/health`)).json() as any;
-    expect(health.status).toBe("ok");
+    expect(health.status).toBe("ready");
     expect(health.loaded).toContain("tiny");
     const diag = await (await fetch(`${server.url}/diag`)).json() as any;
     expect(diag.backend).toBe("cpu");

@@ -19,6 +19,13 @@ function fakeEngine(script: string[] = ["Hel", "lo\nwor", "ld"]) {
     }) as any,
     backendInfo: async () => undefined,
     loadedNames: () => [],
+    load: (async () => undefined) as any,
+    unload: async () => false,
+    status: ((name: string) => ({ name, state: "unloaded", active: 0, queued: 0, slots: 1 })) as any,
+    ps: () => [],
+    setLora: (async () => ({})) as any,
+    state: "ready",
+    observer: {},
     tokenize: async () => ({ model: "fake", tokens: [1, 2], pieces: ["a", "b"] }),
     detokenize: async () => ({ model: "fake", text: "ab" }),
     embed: async () => ({ model: "fake", vectors: [[0.5, 0.25]], promptTokens: 2 }),
@@ -49,7 +56,12 @@ describe("POST /api/generate (fake engine)", () => {
     expect(res.headers.get("content-type")).toStartWith("text/event-stream");
     const raw = await res.text();
     expect(raw).toContain("data: lo\ndata: wor\n\n");
-    expect(parseSse(raw).map((e) => e.data)).toEqual(["Hel", "lo\nwor", "ld", "[DONE]"]);
+    const events = parseSse(raw);
+    expect(events.filter((e) => e.event === "message").map((e) => e.data)).toEqual(["Hel", "lo\nwor", "ld", "[DONE]"]);
+    // The finish reason and timings come in a named event, unseen by plain `data:` readers.
+    const done = events.find((e) => e.event === "done")!;
+    expect(JSON.parse(done.data)).toMatchObject({ finish_reason: "length", model: "fake", timings: { prompt_n: 3, cache_n: 0, predicted_n: 3 } });
+    expect(events.at(-2)).toBe(done);
   });
 
   test("stream:false returns one JSON object with text, finish reason and timings", async () => {
@@ -166,7 +178,7 @@ describe("OpenAI routes (fake engine)", () => {
 describe("ops routes (fake engine)", () => {
   test("GET /health", async () => {
     const body = await (await createApp(fakeEngine()).handle(new Request("http://local/health"))).json() as any;
-    expect(body).toMatchObject({ status: "ok", models: 1, loaded: [] });
+    expect(body).toMatchObject({ status: "ready", models: 1, loaded: [], model_states: [] });
     expect(typeof body.version).toBe("string");
     expect(Number.isInteger(body.uptime)).toBe(true);
   });

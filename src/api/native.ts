@@ -37,6 +37,8 @@ export const GenerateRequest = t.Object({
   stop: t.Optional(t.Union([t.String(), t.Array(t.String(), { maxItems: 16 })])),
   /** Default true: SSE. false: one JSON object. */
   stream: t.Optional(t.Boolean()),
+  /** How long the model stays loaded after this request: "5m", seconds, 0 (unload now), -1 (forever). */
+  keep_alive: t.Optional(t.Union([t.String(), t.Number()])),
   /** Chat template override: auto (the GGUF's own) | chatml | llama3 | openchat. */
   chat_template: t.Optional(t.Union([t.Literal("auto"), t.Literal("chatml"), t.Literal("llama3"), t.Literal("openchat")])),
 });
@@ -90,10 +92,13 @@ export const ModelsResponse = t.Object({ models: t.Array(ModelSummary) });
 export type ModelsResponse = typeof ModelsResponse.static;
 
 export const HealthResponse = t.Object({
-  status: t.Literal("ok"),
+  /** ready: serving; loading: a model is loading; draining: shutting down (answered with 503). */
+  status: t.Union([t.Literal("ready"), t.Literal("loading"), t.Literal("draining")]),
   version: t.String(),
   models: t.Integer({ description: "models registered" }),
   loaded: t.Array(t.String()),
+  /** Lifecycle state of each model loaded or loading. */
+  model_states: t.Array(t.Object({ name: t.String(), state: t.String(), active: t.Integer(), queued: t.Integer() })),
   uptime: t.Integer({ description: "seconds since start" }),
 });
 export type HealthResponse = typeof HealthResponse.static;

@@ -42,6 +42,8 @@ const Sampling = {
   logprobs: t.Optional(t.Union([t.Boolean(), t.Integer({ minimum: 0 }), t.Null()])),
   top_logprobs: t.Optional(t.Union([t.Integer({ minimum: 0, maximum: 20 }), t.Null()])),
   user: t.Optional(t.String()),
+  /** shimmy extension (as Ollama's): how long the model stays loaded after this request: "5m", seconds, 0, -1. */
+  keep_alive: t.Optional(t.Union([t.String(), t.Number()])),
 };
 
 export const ChatCompletionRequest = t.Object(

@@ -38,6 +38,11 @@ export function configFrom(args: Flags): Config {
       gpu: str("gpu") as GpuMode | undefined,
       chatTemplate: str("chat-template"),
       logLevel: args.verbose === true ? "debug" : undefined,
+      parallel: str("parallel"),
+      maxQueue: str("max-queue"),
+      keepAlive: str("keep-alive"),
+      maxLoadedModels: str("max-loaded-models"),
+      shutdownGrace: str("shutdown-grace"),
     });
     setLogLevel(config.logLevel);
     if (config.bind !== "auto") parseBind(config.bind);

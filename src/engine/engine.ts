@@ -115,12 +115,12 @@ export class Engine {
    * loaded-models limit, the least recently used idle model is unloaded first; when every loaded
    * model is busy, OverloadedError (503).
    */
-  load(name: string): Promise<LoadedModel> {
-    try {
-      return this.handle(name).ready;
-    } catch (err) {
-      return Promise.reject(err);
-    }
+  async load(name: string, keepAliveMs?: number): Promise<LoadedModel> {
+    const h = this.handle(name);
+    const m = await h.ready;
+    // A keep-alive given with an explicit load replaces the default for the coming idle period.
+    if (keepAliveMs !== undefined && h.active === 0 && this.models.get(h.entry.name) === h) this.scheduleUnload(h, keepAliveMs);
+    return m;
   }
 
   private handle(name: string): ModelHandle {

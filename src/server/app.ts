@@ -11,6 +11,7 @@ import { log } from "../log.ts";
 import { errorJson, type ServingEngine } from "./http.ts";
 import { nativeRoutes } from "./routes/native.ts";
 import { openaiErrorResponse, openaiRoutes } from "./routes/openai.ts";
+import { Metrics } from "./metrics.ts";
 import { violationMessage } from "./validation.ts";
 import { opsRoutes } from "./routes/ops.ts";
 
@@ -48,7 +49,12 @@ function validationMessage(error: unknown): string {
 }
 
 export function createApp({ engine }: AppDeps) {
+  const metrics = new Metrics(engine);
   return new Elysia({ name: "shimmy" })
+    .onAfterResponse(({ request, route, set, responseValue }) => {
+      const status = responseValue instanceof Response ? responseValue.status : typeof set.status === "number" ? set.status : 200;
+      metrics.countRequest(request.method, route || "unmatched", status);
+    })
     .onError(({ code, error, request }) => {
       // One table: every failure becomes a ShimmyError, answered in the shape of the route's API.
       const path = new URL(request.url).pathname;
@@ -65,7 +71,7 @@ export function createApp({ engine }: AppDeps) {
       }
       return OPENAI_PATHS.test(path) ? openaiErrorResponse(e) : errorJson(e);
     })
-    .use(opsRoutes(engine))
+    .use(opsRoutes(engine, metrics))
     .use(nativeRoutes(engine))
     .use(openaiRoutes(engine));
 }

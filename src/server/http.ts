@@ -3,17 +3,44 @@
  * before the first byte an error is a real status + JSON body; after it, an in-stream error event.
  */
 import type { Timings as WireTimings } from "../api/native.ts";
+import { parseDuration } from "../config.ts";
 import { BadRequestError, toShimmyError } from "../errors.ts";
 import type { Engine } from "../engine/engine.ts";
 import type { GenerateOptions, Timings, TokenEvent } from "../engine/types.ts";
 
 /** What the server needs from the engine (a fake can stand in for fast unit tests). */
-export type ServingEngine = Pick<Engine, "generate" | "list" | "resolve" | "backendInfo" | "loadedNames" | "options" | "tokenize" | "detokenize" | "embed">;
+export type ServingEngine = Pick<
+  Engine,
+  "generate" | "list" | "resolve" | "backendInfo" | "loadedNames" | "options" | "tokenize" | "detokenize" | "embed" | "load" | "unload" | "status" | "ps" | "setLora" | "state" | "observer"
+>;
 
 /** The status and JSON body of an error in shimmy's native shape `{"error": "..."}`. */
 export function errorJson(err: unknown): Response {
   const e = toShimmyError(err);
-  return Response.json({ error: e.message }, { status: e.status });
+  return Response.json({ error: e.message }, { status: e.status, headers: errorHeaders(e.status) });
+}
+
+/**
+ * Records a Response's status on the route context before returning it, so hooks that run after
+ * the response (request metrics) see it even from a generator handler.
+ */
+export function settle(set: { status?: number | string }, response: Response): Response {
+  set.status = response.status;
+  return response;
+}
+
+/** 503 answers say when to retry. */
+export function errorHeaders(status: number): Record<string, string> {
+  return status === 503 ? { "Retry-After": "1" } : {};
+}
+
+/** A request's `keep_alive` (duration text or seconds) as ms; undefined when absent. */
+export function keepAliveOption(raw: string | number | undefined): number | undefined {
+  try {
+    return parseDuration("keep_alive", raw);
+  } catch (err) {
+    throw new BadRequestError((err as Error).message, { param: "keep_alive" });
+  }
 }
 
 /** An SSE event whose `data` may hold newlines: each line becomes its own `data:` field, as the spec reassembles them. */

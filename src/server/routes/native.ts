@@ -6,10 +6,10 @@ import { BadRequestError, toShimmyError } from "../../errors.ts";
 import type { GenerateOptions } from "../../engine/types.ts";
 import { log } from "../../log.ts";
 import { violationMessage } from "../validation.ts";
-import { errorJson, parseJsonBody, promptOrMessages, type ServingEngine, sseEvent, startGeneration, wireTimings } from "../http.ts";
+import { settle, errorJson, keepAliveOption, parseJsonBody, promptOrMessages, type ServingEngine, sseEvent, startGeneration, wireTimings } from "../http.ts";
 
 /** Maps the wire request to engine options. Throws BadRequestError for what the schema cannot say. */
-export function toGenerateOptions(body: GenerateRequest, signal?: AbortSignal): GenerateOptions {
+export function toGenerateOptions(body: GenerateRequest, signal?: AbortSignal): GenerateOptions & { keepAliveMs?: number } {
   promptOrMessages(body);
   return {
     prompt: body.prompt,
@@ -24,6 +24,7 @@ export function toGenerateOptions(body: GenerateRequest, signal?: AbortSignal): 
     maxTokens: body.max_tokens,
     stop: body.stop === undefined ? undefined : Array.isArray(body.stop) ? body.stop : [body.stop],
     chatTemplate: body.chat_template,
+    keepAliveMs: keepAliveOption(body.keep_alive),
     signal,
   };
 }
@@ -32,12 +33,12 @@ export const nativeRoutes = (engine: ServingEngine) =>
   new Elysia({ name: "shimmy.native" })
     .post(
       "/api/generate",
-      async function* ({ body, request }) {
+      async function* ({ body, request, set }) {
         let events;
         try {
           events = await startGeneration(engine, body.model, toGenerateOptions(body, request.signal));
         } catch (err) {
-          return errorJson(err);
+          return settle(set, errorJson(err));
         }
         if (body.stream === false) {
           try {
@@ -45,13 +46,15 @@ export const nativeRoutes = (engine: ServingEngine) =>
               if (ev.type === "done") return Response.json({ response: ev.text, model: ev.model, finish_reason: ev.finishReason, timings: wireTimings(ev.timings) });
             }
           } catch (err) {
-            return errorJson(err);
+            return settle(set, errorJson(err));
           }
-          return errorJson(new Error("generation ended without a result"));
+          return settle(set, errorJson(new Error("generation ended without a result")));
         }
         try {
           for await (const ev of events) {
             if (ev.type === "token") yield sseEvent(ev.text);
+            // A named event: plain `data:` readers (EventSource onmessage) never see it.
+            else yield sseEvent(JSON.stringify({ finish_reason: ev.finishReason, model: ev.model, timings: wireTimings(ev.timings) }), "done");
           }
           yield sseEvent("[DONE]");
         } catch (err) {

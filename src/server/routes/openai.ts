@@ -17,7 +17,7 @@ import type { ChatMessage, GenerateOptions, ResponseFormat, Timings, TokenEvent,
 import { normalizeModelName } from "../../engine/registry.ts";
 import { BadRequestError, ModelNotFoundError, OverloadedError, PromptTooLongError, toShimmyError } from "../../errors.ts";
 import { log } from "../../log.ts";
-import { parseJsonBody, type ServingEngine, sseEvent, startGeneration } from "../http.ts";
+import { settle, errorHeaders, keepAliveOption, parseJsonBody, type ServingEngine, sseEvent, startGeneration, wireTimings } from "../http.ts";
 
 /** OpenAI's error object for any error: status, type, param, code. */
 export function openaiErrorBody(err: unknown, promptParam = "messages"): { status: number; body: OpenAIErrorBody } {
@@ -40,7 +40,7 @@ export function openaiErrorBody(err: unknown, promptParam = "messages"): { statu
 
 export function openaiErrorResponse(err: unknown, promptParam?: string): Response {
   const { status, body } = openaiErrorBody(err, promptParam);
-  return Response.json(body, { status });
+  return Response.json(body, { status, headers: errorHeaders(status) });
 }
 
 const now = () => Math.floor(Date.now() / 1000);
@@ -48,7 +48,7 @@ const randomId = (prefix: string) => `${prefix}-${crypto.randomUUID().replace(/-
 const FINGERPRINT = "fp_shimmy";
 
 function usage(t: Timings) {
-  return { prompt_tokens: t.promptTokens, completion_tokens: t.generatedTokens, total_tokens: t.promptTokens + t.generatedTokens };
+  return { prompt_tokens: t.promptTokens, completion_tokens: t.generatedTokens, total_tokens: t.promptTokens + t.generatedTokens, prompt_tokens_details: { cached_tokens: t.cachedTokens } };
 }
 
 function wireToolCalls(calls: ToolCall[]) {
@@ -88,7 +88,7 @@ function toMessages(messages: OpenAIMessage[]): ChatMessage[] {
 }
 
 /** Sampling and limits shared by both completion routes. */
-function samplingOptions(body: ChatCompletionRequest | CompletionRequest, signal: AbortSignal): GenerateOptions {
+function samplingOptions(body: ChatCompletionRequest | CompletionRequest, signal: AbortSignal): GenerateOptions & { keepAliveMs?: number } {
   if ((body.n ?? 1) > 1) throw new BadRequestError("n > 1 is not supported: send one request per completion", { param: "n" });
   const logitBias: Record<number, number> = {};
   for (const [k, v] of Object.entries(body.logit_bias ?? {})) {
@@ -109,6 +109,7 @@ function samplingOptions(body: ChatCompletionRequest | CompletionRequest, signal
     maxTokens: ("max_completion_tokens" in body ? body.max_completion_tokens : undefined) ?? body.max_tokens ?? undefined,
     stop,
     signal,
+    keepAliveMs: keepAliveOption(body.keep_alive),
   };
 }
 
@@ -138,7 +139,7 @@ function legacyLogprobs(list: TokenLogprob[], offset = 0) {
   return { tokens: list.map((l) => l.token), token_logprobs: list.map((l) => l.logprob), top_logprobs: list.map((l) => Object.fromEntries(l.top.map((t) => [t.token, t.logprob]))), text_offset };
 }
 
-function chatOptions(body: ChatCompletionRequest, signal: AbortSignal): GenerateOptions {
+function chatOptions(body: ChatCompletionRequest, signal: AbortSignal): GenerateOptions & { keepAliveMs?: number } {
   const opts = samplingOptions(body, signal);
   opts.logprobs = logprobsOption(body, true);
   opts.messages = toMessages(body.messages);
@@ -170,12 +171,12 @@ export const openaiRoutes = (engine: ServingEngine) =>
   new Elysia({ name: "shimmy.openai" })
     .post(
       "/v1/chat/completions",
-      async function* ({ body, request }) {
+      async function* ({ body, request, set }) {
         let events: AsyncGenerator<TokenEvent, void, undefined>;
         try {
           events = await startGeneration(engine, body.model, chatOptions(body, request.signal));
         } catch (err) {
-          return openaiErrorResponse(err);
+          return settle(set, openaiErrorResponse(err));
         }
         const id = randomId("chatcmpl");
         const created = now();
@@ -198,12 +199,13 @@ export const openaiRoutes = (engine: ServingEngine) =>
                   },
                 ],
                 usage: usage(ev.timings),
+                timings: wireTimings(ev.timings),
               });
             }
           } catch (err) {
-            return openaiErrorResponse(err);
+            return settle(set, openaiErrorResponse(err));
           }
-          return openaiErrorResponse(new Error("generation ended without a result"));
+          return settle(set, openaiErrorResponse(new Error("generation ended without a result")));
         }
         const includeUsage = body.stream_options?.include_usage === true;
         // The registered name the request resolved to (the same spelling in every chunk).
@@ -228,7 +230,7 @@ export const openaiRoutes = (engine: ServingEngine) =>
                 yield chunk([{ index: 0, delta: { tool_calls: [{ index, function: { arguments: c.arguments } }] }, logprobs: null, finish_reason: null }]);
               }
             }
-            yield chunk([{ index: 0, delta: {}, logprobs: null, finish_reason: ev.finishReason === "abort" ? "stop" : ev.finishReason }]);
+            yield chunk([{ index: 0, delta: {}, logprobs: null, finish_reason: ev.finishReason === "abort" ? "stop" : ev.finishReason }], { timings: wireTimings(ev.timings) });
             if (includeUsage) yield data({ id, object: "chat.completion.chunk", created, model, system_fingerprint: FINGERPRINT, choices: [], usage: usage(ev.timings) });
           }
         } catch (err) {
@@ -241,10 +243,10 @@ export const openaiRoutes = (engine: ServingEngine) =>
     )
     .post(
       "/v1/completions",
-      async function* ({ body, request }) {
-        if (body.suffix) return openaiErrorResponse(new BadRequestError("suffix (fill-in-the-middle) is not supported", { param: "suffix" }));
-        if (body.echo) return openaiErrorResponse(new BadRequestError("echo is not supported", { param: "echo" }));
-        if ((body.best_of ?? 1) > 1) return openaiErrorResponse(new BadRequestError("best_of > 1 is not supported", { param: "best_of" }));
+      async function* ({ body, request, set }) {
+        if (body.suffix) return settle(set, openaiErrorResponse(new BadRequestError("suffix (fill-in-the-middle) is not supported", { param: "suffix" })));
+        if (body.echo) return settle(set, openaiErrorResponse(new BadRequestError("echo is not supported", { param: "echo" })));
+        if ((body.best_of ?? 1) > 1) return settle(set, openaiErrorResponse(new BadRequestError("best_of > 1 is not supported", { param: "best_of" })));
         const prompts = Array.isArray(body.prompt) ? body.prompt : [body.prompt];
         const id = randomId("cmpl");
         const created = now();
@@ -254,7 +256,7 @@ export const openaiRoutes = (engine: ServingEngine) =>
           opts = { ...samplingOptions(body, request.signal), logprobs: logprobsOption(body, false) };
           first = await startGeneration(engine, body.model, { ...opts, prompt: prompts[0] });
         } catch (err) {
-          return openaiErrorResponse(err, "prompt");
+          return settle(set, openaiErrorResponse(err, "prompt"));
         }
         // Each prompt of an array is one choice, generated in turn.
         const runs = async function* () {
@@ -278,7 +280,7 @@ export const openaiRoutes = (engine: ServingEngine) =>
             }
             return Response.json({ id, object: "text_completion", created, model, system_fingerprint: FINGERPRINT, choices, usage: { prompt_tokens: total.promptTokens, completion_tokens: total.generatedTokens, total_tokens: total.promptTokens + total.generatedTokens } });
           } catch (err) {
-            return openaiErrorResponse(err, "prompt");
+            return settle(set, openaiErrorResponse(err, "prompt"));
           }
         }
         const includeUsage = body.stream_options?.include_usage === true;
@@ -316,14 +318,14 @@ export const openaiRoutes = (engine: ServingEngine) =>
       object: "list",
       data: engine.list().map((m) => ({ id: m.name, object: "model", created: Math.floor(modelCreated(m.path) / 1000), owned_by: "shimmy" })),
     }))
-    .get("/v1/models/:id", ({ params }) => {
+    .get("/v1/models/:id", ({ params, set }) => {
       const m = engine.list().find((e) => e.name === normalizeModelName(params.id));
-      if (!m) return openaiErrorResponse(new ModelNotFoundError(params.id, engine.list().map((e) => e.name)));
+      if (!m) return settle(set, openaiErrorResponse(new ModelNotFoundError(params.id, engine.list().map((e) => e.name))));
       return { id: m.name, object: "model", created: Math.floor(modelCreated(m.path) / 1000), owned_by: "shimmy" };
     })
     .post(
       "/v1/embeddings",
-      async ({ body, request }) => {
+      async ({ body, request, set }) => {
         try {
           if (body.dimensions !== undefined) throw new BadRequestError("dimensions is not supported: embeddings have the model's size", { param: "dimensions" });
           const raw = body.input;
@@ -337,32 +339,32 @@ export const openaiRoutes = (engine: ServingEngine) =>
             usage: { prompt_tokens: r.promptTokens, total_tokens: r.promptTokens },
           };
         } catch (err) {
-          return openaiErrorResponse(err, "input");
+          return settle(set, openaiErrorResponse(err, "input"));
         }
       },
       { body: EmbeddingRequest, parse: parseJsonBody },
     )
     .post(
       "/tokenize",
-      async ({ body }) => {
+      async ({ body, set }) => {
         try {
           const model = defaultModel(engine, body.model);
           const r = await engine.tokenize(model, body.content, { special: body.parse_special ?? true, addBos: body.add_special ?? false });
           const { tokens, pieces } = r;
           return { tokens: body.with_pieces ? tokens.map((id, i) => ({ id, piece: pieces[i]! })) : tokens };
         } catch (err) {
-          return openaiErrorResponse(err);
+          return settle(set, openaiErrorResponse(err));
         }
       },
       { body: TokenizeRequest, parse: parseJsonBody },
     )
     .post(
       "/detokenize",
-      async ({ body }) => {
+      async ({ body, set }) => {
         try {
           return { content: (await engine.detokenize(defaultModel(engine, body.model), body.tokens)).text };
         } catch (err) {
-          return openaiErrorResponse(err);
+          return settle(set, openaiErrorResponse(err));
         }
       },
       { body: DetokenizeRequest, parse: parseJsonBody },

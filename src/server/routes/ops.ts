@@ -1,23 +1,51 @@
-/** Operational routes: GET /health, GET /diag, GET /api/models. */
+/** Operational routes: health, diagnostics, metrics, and the model lifecycle (/api/models, /api/ps). */
 import os from "node:os";
-import { Elysia } from "elysia";
+import { Elysia, t } from "elysia";
 import type { DiagResponse, HealthResponse, ModelsResponse } from "../../api/native.ts";
-import { physicalCores } from "../../config.ts";
+import path from "node:path";
+import { parseLoras, physicalCores } from "../../config.ts";
+import type { ModelStatus } from "../../engine/engine.ts";
+import { BadRequestError } from "../../errors.ts";
 import { VERSION } from "../../version.ts";
-import type { ServingEngine } from "../http.ts";
+import { errorJson, keepAliveOption, parseJsonBody, type ServingEngine } from "../http.ts";
+import type { Metrics } from "../metrics.ts";
 
-export const opsRoutes = (engine: ServingEngine, startedAt = Date.now()) =>
+/** Wire form of a model's lifecycle state. */
+function wireStatus(s: ModelStatus) {
+  return {
+    name: s.name,
+    state: s.state,
+    active: s.active,
+    queued: s.queued,
+    slots: s.slots,
+    ...(s.sizeBytes !== undefined ? { size_bytes: s.sizeBytes } : {}),
+    ...(s.contextSize !== undefined ? { context_size: s.contextSize } : {}),
+    ...(s.loras ? { loras: s.loras } : {}),
+    ...(s.loadMs !== undefined ? { load_ms: s.loadMs } : {}),
+    ...(s.expiresAt !== undefined ? { expires_at: s.expiresAt } : {}),
+  };
+}
+
+const LoraRequest = t.Object({
+  /** Adapters to apply (none = the bare model): `{path, scale?}`, or "path[:scale]" strings. */
+  adapters: t.Array(t.Union([t.String({ minLength: 1 }), t.Object({ path: t.String({ minLength: 1 }), scale: t.Optional(t.Number()) })])),
+});
+
+export const opsRoutes = (engine: ServingEngine, metrics: Metrics, startedAt = Date.now()) =>
   new Elysia({ name: "shimmy.ops" })
-    .get(
-      "/health",
-      (): HealthResponse => ({
-        status: "ok",
+    .get("/health", ({ set }): HealthResponse => {
+      const status = engine.state;
+      if (status === "draining") set.status = 503;
+      return {
+        status,
         version: VERSION,
         models: engine.list().length,
         loaded: engine.loadedNames(),
+        model_states: engine.ps().map((m) => ({ name: m.name, state: m.state, active: m.active, queued: m.queued })),
         uptime: Math.floor((Date.now() - startedAt) / 1000),
-      }),
-    )
+      };
+    })
+    .get("/metrics", async () => new Response(await metrics.render(), { headers: { "Content-Type": metrics.contentType } }))
     .get("/api/models", (): ModelsResponse => ({
       models: engine.list().map((m) => ({
         name: m.name,
@@ -28,6 +56,46 @@ export const opsRoutes = (engine: ServingEngine, startedAt = Date.now()) =>
         loaded: m.loaded,
       })),
     }))
+    .get("/api/ps", () => ({ models: engine.ps().map(wireStatus) }))
+    .get("/api/models/:name/status", ({ params }) => {
+      try {
+        return wireStatus(engine.status(params.name));
+      } catch (err) {
+        return errorJson(err);
+      }
+    })
+    .post("/api/models/:name/load", async ({ params, request }) => {
+      try {
+        // Optional body {keep_alive}: how long it stays loaded while idle.
+        const text = await request.text();
+        const body = text.trim() ? (JSON.parse(text) as { keep_alive?: string | number }) : {};
+        await engine.load(params.name, keepAliveOption(body.keep_alive));
+        return wireStatus(engine.status(params.name));
+      } catch (err) {
+        if (err instanceof SyntaxError) return errorJson(new BadRequestError(`malformed JSON body: ${err.message}`));
+        return errorJson(err);
+      }
+    })
+    .post("/api/models/:name/unload", async ({ params }) => {
+      try {
+        const was = await engine.unload(params.name);
+        return { ...wireStatus(engine.status(params.name)), was_loaded: was };
+      } catch (err) {
+        return errorJson(err);
+      }
+    })
+    .post(
+      "/api/models/:name/lora",
+      async ({ params, body }) => {
+        try {
+          const adapters = body.adapters.flatMap((a) => (typeof a === "string" ? parseLoras("adapters", a) : [{ path: a.path, scale: a.scale ?? 1 }]));
+          return wireStatus(await engine.setLora(params.name, adapters.map((a) => ({ path: path.resolve(a.path), scale: a.scale }))));
+        } catch (err) {
+          return errorJson(err);
+        }
+      },
+      { body: LoraRequest, parse: parseJsonBody },
+    )
     .get("/diag", async (): Promise<DiagResponse> => {
       const info = await engine.backendInfo();
       const cpus = os.cpus();
