@@ -109,7 +109,9 @@ maybe("single-file executable", () => {
     expect(r.sse.status).toBe(200);
     expect(r.sse.type).toStartWith("text/event-stream");
     expect(r.sse.body.trimEnd()).toEndWith("data: [DONE]");
-    expect(r.sse.body.split("\n\n").filter(Boolean).length).toBe(6);
+    // 5 token events, the named `done` event, [DONE].
+    expect(r.sse.body.split("\n\n").filter(Boolean).length).toBe(7);
+    expect(r.sse.body).toContain("event: done\ndata: {");
     expect(r.ws.frames.length).toBe(6);
     expect(JSON.parse(r.ws.frames.at(-1))).toMatchObject({ done: true, finish_reason: "length" });
     expect(r.serveExit).toBe(0);

@@ -63,8 +63,9 @@ describe("parallel slots and the queue", () => {
     const s = serverWith({ parallel: 1, maxQueue: 2 });
     try {
       await s.engine.load("tiny");
-      const accepted = [0, 1, 2].map((i) => post(`${s.url}/api/generate`, { model: "tiny", prompt: `a${i}`, max_tokens: 60, stream: false }));
-      await Bun.sleep(30);
+      const accepted = [0, 1, 2].map((i) => post(`${s.url}/api/generate`, { model: "tiny", prompt: `a${i}`, max_tokens: 300, stream: false }));
+      // One runs, two wait: the queue is full.
+      while (s.engine.status("tiny").queued < 2) await Bun.sleep(2);
       const native = await post(`${s.url}/api/generate`, { model: "tiny", prompt: "over", max_tokens: 2, stream: false });
       expect(native.status).toBe(503);
       expect(native.headers.get("retry-after")).toBe("1");
@@ -75,7 +76,7 @@ describe("parallel slots and the queue", () => {
       expect((await oa.json() as any).error).toMatchObject({ type: "server_error", code: "overloaded" });
       for (const r of await Promise.all(accepted)) {
         expect(r.status).toBe(200);
-        expect((await r.json() as any).timings.predicted_n).toBe(60);
+        expect((await r.json() as any).timings.predicted_n).toBe(300);
       }
     } finally {
       await s.close();
