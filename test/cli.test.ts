@@ -473,6 +473,36 @@ describe("serve", () => {
     expect(await stderr).not.toMatch(/^\s+at /m);
   });
 
+  test("SIGTERM drains: a short generation finishes, a long one ends with abort after the grace period; /health says draining; exit 0", async () => {
+    const { proc, url } = await startServe(["--bind", "127.0.0.1:0", "--model-dirs", fx.dir, "--shutdown-grace", "400ms"]);
+    const long = fetch(`${url}/api/generate`, { method: "POST", body: JSON.stringify({ model: "tiny", prompt: "x", max_tokens: 3500 }) }).then((r) => r.text());
+    // Wait until the long generation streams.
+    for (let i = 0; i < 200; i++) {
+      const h = (await (await fetch(`${url}/health`)).json()) as { model_states: Array<{ active: number }> };
+      if (h.model_states[0]?.active) break;
+      await Bun.sleep(10);
+    }
+    const short = fetch(`${url}/api/generate`, { method: "POST", body: JSON.stringify({ model: "tiny", prompt: "y", max_tokens: 40, stream: false }) });
+    await Bun.sleep(5);
+    proc.kill("SIGTERM");
+    await Bun.sleep(50);
+    const finished = await short;
+    expect(finished.status).toBe(200);
+    expect(((await finished.json()) as { finish_reason: string; timings: { predicted_n: number } })).toMatchObject({ finish_reason: "length", timings: { predicted_n: 40 } });
+    const health = await fetch(`${url}/health`);
+    expect(health.status).toBe(503);
+    expect(((await health.json()) as { status: string }).status).toBe("draining");
+    const refused = await fetch(`${url}/api/generate`, { method: "POST", body: JSON.stringify({ model: "tiny", prompt: "x", max_tokens: 2 }) });
+    expect(refused.status).toBe(503);
+    const events = (await long).split("\n\n").filter(Boolean);
+    expect(events.at(-1)).toBe("data: [DONE]");
+    expect(events.at(-2)).toStartWith("event: done\ndata: ");
+    expect(JSON.parse(events.at(-2)!.split("data: ")[1]!).finish_reason).toBe("abort");
+    const timer = setTimeout(() => proc.kill("SIGKILL"), 10_000);
+    expect(await proc.exited).toBe(0);
+    clearTimeout(timer);
+  });
+
   test("with no model anywhere it serves the random-weights demo model and warns", async () => {
     const cwd = path.join(scratch, "demo-cwd");
     const cache = path.join(scratch, "demo-cache");
