@@ -475,13 +475,19 @@ describe("serve", () => {
 
   test("SIGTERM drains: a short generation finishes, a long one ends with abort after the grace period; /health says draining; exit 0", async () => {
     const { proc, url } = await startServe(["--bind", "127.0.0.1:0", "--model-dirs", fx.dir, "--shutdown-grace", "400ms"]);
-    const long = fetch(`${url}/api/generate`, { method: "POST", body: JSON.stringify({ model: "tiny", prompt: "x", max_tokens: 3500 }) }).then((r) => r.text());
-    // Wait until the long generation streams.
-    for (let i = 0; i < 200; i++) {
-      const h = (await (await fetch(`${url}/health`)).json()) as { model_states: Array<{ active: number }> };
-      if (h.model_states[0]?.active) break;
-      await Bun.sleep(10);
-    }
+    // Start the long generation and wait for its first token (the model is loaded and streaming).
+    const res = await fetch(`${url}/api/generate`, { method: "POST", body: JSON.stringify({ model: "tiny", prompt: "x", max_tokens: 3500 }) });
+    const reader = res.body!.getReader();
+    const decoder = new TextDecoder();
+    const first = decoder.decode((await reader.read()).value);
+    const long = (async () => {
+      let text = first;
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return text;
+        text += decoder.decode(value, { stream: true });
+      }
+    })();
     const short = fetch(`${url}/api/generate`, { method: "POST", body: JSON.stringify({ model: "tiny", prompt: "y", max_tokens: 40, stream: false }) });
     await Bun.sleep(5);
     proc.kill("SIGTERM");
