@@ -139,6 +139,20 @@ describe("model lifecycle routes", () => {
     }
   });
 
+  test("/health reports loading while a model loads, then ready", async () => {
+    const s = serverWith({});
+    try {
+      const loading = s.engine.load("tiny");
+      const during = await (await fetch(`${s.url}/health`)).json() as any;
+      expect(during.status).toBe("loading");
+      expect(during.model_states).toEqual([{ name: "tiny", state: "loading", active: 0, queued: 0 }]);
+      await loading;
+      expect((await (await fetch(`${s.url}/health`)).json() as any).status).toBe("ready");
+    } finally {
+      await s.close();
+    }
+  });
+
   test("LoRA hot swap over HTTP changes the output of new requests", async () => {
     const s = serverWith({});
     try {
