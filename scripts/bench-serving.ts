@@ -55,12 +55,12 @@ for (const n of [1, 2, 4, 8]) {
 // Prompt cache: a long first turn, then a follow-up that shares it, against a cold prompt as long.
 const prefix = "The committee met on Tuesday to discuss the harbour, the roads and the school. ".repeat(24);
 const turn1 = [{ role: "user", content: prefix }];
-const first = await (await fetch(`${server.url}/api/generate`, { method: "POST", body: JSON.stringify({ model: name, messages: turn1, max_tokens: 8, temperature: 0, stream: false }) })).json();
+const first = await (await fetch(`${server.url}/api/generate`, { method: "POST", body: JSON.stringify({ model: name, messages: turn1, max_tokens: 8, temperature: 0, stream: false }) })).json() as any;
 const turn2 = [...turn1, { role: "assistant", content: first.response }, { role: "user", content: "And then?" }];
-const warm = await (await fetch(`${server.url}/api/generate`, { method: "POST", body: JSON.stringify({ model: name, messages: turn2, max_tokens: 4, temperature: 0, stream: false }) })).json();
+const warm = await (await fetch(`${server.url}/api/generate`, { method: "POST", body: JSON.stringify({ model: name, messages: turn2, max_tokens: 4, temperature: 0, stream: false }) })).json() as any;
 await engine.unload(name);
 await engine.load(name);
-const cold = await (await fetch(`${server.url}/api/generate`, { method: "POST", body: JSON.stringify({ model: name, messages: turn2, max_tokens: 4, temperature: 0, stream: false }) })).json();
+const cold = await (await fetch(`${server.url}/api/generate`, { method: "POST", body: JSON.stringify({ model: name, messages: turn2, max_tokens: 4, temperature: 0, stream: false }) })).json() as any;
 console.log(`\nprompt cache: turn 2 of ${warm.timings.prompt_n} prompt tokens, ${warm.timings.cache_n} cached: TTFT ${warm.timings.ttft_ms} ms; the same prompt cold: TTFT ${cold.timings.ttft_ms} ms (${(cold.timings.ttft_ms / warm.timings.ttft_ms).toFixed(1)}x)`);
 await server.stop();
 await engine.close();
