@@ -375,6 +375,20 @@ describe("list, probe, bench", () => {
   });
 });
 
+describe("LoRA flags", () => {
+  test("--lora repeats and takes FILE:SCALE; the adapters apply to --model-path", async () => {
+    const r = await cli(["list", "--json", "--model-path", fx.tiny, "--lora", fx.lora, `--lora=${fx.lora}:0.5`]);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout)[0].loras).toEqual([
+      { path: fx.lora, scale: 1 },
+      { path: fx.lora, scale: 0.5 },
+    ]);
+    const g = await cli(["generate", "tiny", "--model-path", fx.tiny, "--lora", `${fx.lora}:0.5`, "--prompt", "hi", "--max-tokens", "4", "--temperature", "0", "--json"]);
+    expect(g.code).toBe(0);
+    expect(JSON.parse(g.stdout).timings.predicted_n).toBe(4);
+  });
+});
+
 describe("gpu-info", () => {
   // What this checkout carries: cpu, plus any GPU prebuilt package that happens to be installed.
   const compiled = () => nativeBuildInfo().backends;

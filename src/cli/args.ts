@@ -24,14 +24,24 @@ export const runtimeArgs = {
 
 type Flags = Record<string, unknown>;
 
+/** Every value of a flag that may repeat (`--stop a --stop b`, `--lora=x`); citty keeps only the last. */
+export function repeatedFlag(rawArgs: readonly string[], name: string): string[] {
+  const out: string[] = [];
+  rawArgs.forEach((a, i) => {
+    if (a === `--${name}` && rawArgs[i + 1] !== undefined) out.push(rawArgs[i + 1]!);
+    else if (a.startsWith(`--${name}=`)) out.push(a.slice(name.length + 3));
+  });
+  return out;
+}
+
 /** Config from env + flags; range errors become UsageError (exit 1). */
-export function configFrom(args: Flags): Config {
+export function configFrom(args: Flags, rawArgs: readonly string[] = []): Config {
   const str = (k: string) => (typeof args[k] === "string" ? (args[k] as string) : undefined);
   try {
     const config = loadConfig({
       bind: str("bind"),
       modelPath: str("model-path"),
-      loraGguf: Array.isArray(args.lora) ? args.lora.join(",") : str("lora"),
+      loraGguf: repeatedFlag(rawArgs, "lora").join(",") || str("lora"),
       modelDirs: str("model-dirs")?.split(",").map((s) => s.trim()).filter(Boolean),
       threads: str("threads"),
       ctxSize: str("ctx-size"),

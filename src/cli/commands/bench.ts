@@ -18,8 +18,8 @@ export default defineCommand({
     ...modelArgs,
     ...runtimeArgs,
   },
-  async run({ args }) {
-    const config = configFrom(args);
+  async run({ args, rawArgs }) {
+    const config = configFrom(args, rawArgs);
     const runs = intFlag("runs", args.runs, 1, 1000) ?? 3;
     const maxTokens = intFlag("max-tokens", args["max-tokens"], 1, 1 << 20) ?? 64;
     const prompt =

@@ -2,7 +2,7 @@ import { defineCommand } from "citty";
 import { UsageError } from "../../errors.ts";
 import type { GenerateOptions } from "../../engine/types.ts";
 import { wireTimings } from "../../server/http.ts";
-import { configFrom, engineFrom, intFlag, modelArgs, numFlag, runtimeArgs } from "../args.ts";
+import { configFrom, engineFrom, intFlag, modelArgs, numFlag, repeatedFlag, runtimeArgs } from "../args.ts";
 
 /** Reads all of stdin as UTF-8 (empty when stdin is a terminal). */
 async function readStdin(): Promise<string> {
@@ -28,12 +28,8 @@ export default defineCommand({
     ...runtimeArgs,
   },
   async run({ args, rawArgs }) {
-    const config = configFrom(args);
-    const stops: string[] = [];
-    rawArgs.forEach((a, i) => {
-      if (a === "--stop" && rawArgs[i + 1] !== undefined) stops.push(rawArgs[i + 1]!);
-      else if (a.startsWith("--stop=")) stops.push(a.slice(7));
-    });
+    const config = configFrom(args, rawArgs);
+    const stops = repeatedFlag(rawArgs, "stop");
     const opts: GenerateOptions = {
       maxTokens: intFlag("max-tokens", args["max-tokens"], 1, 1 << 24),
       temperature: numFlag("temperature", args.temperature, 0, 5),

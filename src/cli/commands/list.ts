@@ -16,8 +16,8 @@ export default defineCommand({
     short: { type: "boolean", description: "Names only, one per line" },
     json: { type: "boolean", description: "JSON array of {name, path, lora?, source, size_bytes}" },
   },
-  async run({ args }) {
-    const engine = await engineFrom(configFrom(args));
+  async run({ args, rawArgs }) {
+    const engine = await engineFrom(configFrom(args, rawArgs));
     const models = engine.list();
     if (args.json) {
       process.stdout.write(`${JSON.stringify(models.map((m) => ({ name: m.name, path: m.path, ...(m.loras ? { loras: m.loras } : {}), source: m.source, size_bytes: m.sizeBytes })), null, 2)}\n`);

@@ -8,8 +8,8 @@ export default defineCommand({
     ...modelArgs,
     ...runtimeArgs,
   },
-  async run({ args }) {
-    const engine = await engineFrom(configFrom(args));
+  async run({ args, rawArgs }) {
+    const engine = await engineFrom(configFrom(args, rawArgs));
     try {
       const loaded = await engine.load(args.name);
       process.stdout.write(`ok: loaded ${loaded.entry.name} in ${Math.round(loaded.loadMs)} ms (context ${loaded.native.contextSize} tokens)\n`);

@@ -17,14 +17,14 @@ export default defineCommand({
     ...modelArgs,
     ...runtimeArgs,
   },
-  async run({ args }) {
+  async run({ args, rawArgs }) {
     // Registered first: a signal during start-up or while serving shuts down cleanly. (`process.on`,
     // not `once`: with `once`, a process that has used llama.cpp was killed by the signal mid-shutdown.)
     let stopRequested: () => void = () => {};
     const stopped = new Promise<void>((resolve) => (stopRequested = resolve));
     process.on("SIGINT", () => stopRequested());
     process.on("SIGTERM", () => stopRequested());
-    const config = configFrom(args);
+    const config = configFrom(args, rawArgs);
     const engine = await engineFrom(config);
     const app = createApp({ engine, registry: engine.registry, config });
     const server = listen(app, config.bind);
