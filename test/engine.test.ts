@@ -251,6 +251,20 @@ describe("engine", () => {
     }
   });
 
+  test("simultaneous first requests share one load", async () => {
+    const e = makeEngine({ dir: fx.dir });
+    let loads = 0;
+    e.observer = { onLoad: () => loads++ };
+    try {
+      const results = await Promise.all([1, 2, 3].map(() => e.complete("tiny", { prompt: "x", ...greedy, maxTokens: 2 })));
+      expect(results.every((r) => r.timings.generatedTokens === 2)).toBe(true);
+      expect(loads).toBe(1);
+      expect(e.ps()).toHaveLength(1);
+    } finally {
+      await e.close();
+    }
+  });
+
   test("a model that does not fit the memory limit is refused with 503, not loaded", async () => {
     const { Engine } = await import("../src/engine/engine.ts");
     const { ModelRegistry } = await import("../src/engine/registry.ts");
