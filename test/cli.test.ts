@@ -280,7 +280,7 @@ describe("exit codes", () => {
     writeFileSync(path.join(dir, "truncated.gguf"), tiny.subarray(0, tiny.length >> 1));
     for (const [name, message] of [
       ["broken", /broken\.gguf is not a readable GGUF file/],
-      ["truncated", /failed to load .*truncated\.gguf/],
+      ["truncated", /truncated\.gguf is truncated: tensor \S+ ends at byte \d+ but the file has \d+ bytes/],
     ] as const) {
       const r = await cli(["probe", name, "--model-dirs", dir]);
       expect({ name, code: r.code }).toEqual({ name, code: 2 });

@@ -68,33 +68,54 @@ describe("model names and registry", () => {
     expect(modelNameFromPath("My_Model v2.Q8_0.GGUF")).toBe("my-model-v2.q8-0");
   });
 
-  test("sources, precedence, lookup normalisation, skipped adapters and split parts", () => {
+  test("sources, precedence, naming, collisions, adapters (by header), split sets", async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), "shimmy-reg-"));
     try {
-      mkdirSync(path.join(dir, "models"));
-      for (const f of ["models/flora-7b.gguf", "models/my_adapter.gguf", "models/A_Model.gguf", "models/notes.txt", "models/x-lora.gguf", "models/big-00001-of-00002.gguf", "models/big-00002-of-00002.gguf", "base.gguf", "extra.gguf", "other/a_model.gguf"]) {
+      const files = ["models/flora-7b.gguf", "models/my_adapter.gguf", "models/A_Model.gguf", "models/notes.txt", "x-lora.gguf", "models/big-00001-of-00002.gguf", "models/big-00002-of-00002.gguf", "models/half-00001-of-00002.gguf", "base.gguf", "extra.gguf", "other/a_model.gguf", "models/broken.gguf"];
+      for (const f of files) {
         mkdirSync(path.dirname(path.join(dir, f)), { recursive: true });
         writeFileSync(path.join(dir, f), "x");
       }
-      const reg = new ModelRegistry({ baseGguf: "base.gguf", loras: [{ path: "x-lora.gguf", scale: 1 }], modelPath: "extra.gguf", modelDirs: ["other"] }, dir);
-      const list = reg.list();
+      // Header facts without real GGUF files: adapters are the files named so; "broken" fails.
+      const readMeta = async (file: string) => {
+        if (file.includes("broken")) throw new Error(`${file} is not a readable GGUF file`);
+        return { architecture: "llama", parameters: 1, fileType: "F32", chatTemplate: true, adapter: /my_adapter|x-lora/.test(file), sizeBytes: 1 };
+      };
+      const roots = [{ kind: "dir" as const, path: path.join(dir, "models") }, { kind: "dir" as const, path: path.join(dir, "other") }];
+      const reg = new ModelRegistry({ baseGguf: "base.gguf", loras: [{ path: "x-lora.gguf", scale: 1 }], modelPath: "extra.gguf", modelDirs: ["other"] }, dir, { roots, readMeta });
+      const list = await reg.list();
       expect(list.map((e) => [e.name, e.source])).toEqual([
         ["base", "env"],
         ["extra", "model-path"],
         ["a-model", "dir"],
-        ["big-00001-of-00002", "dir"],
+        ["broken", "dir"],
         ["flora-7b", "dir"],
+        ["a-model@dir", "dir"],
+        ["big", "dir"],
+        ["half", "dir"],
       ]);
-      // The adapter applies to --model-path when given, else to SHIMMY_BASE_GGUF.
+      // my_adapter.gguf is an adapter by its header: not a model; attached to the llama models beside it.
+      expect(list.find((e) => e.name === "a-model")!.loras).toEqual([{ path: path.join(dir, "models/my_adapter.gguf"), scale: 1 }]);
+      // The configured adapter applies to --model-path when given, else to SHIMMY_BASE_GGUF.
       expect(list[0]!.loras).toBeUndefined();
       expect(list[1]!.loras).toEqual([{ path: path.join(dir, "x-lora.gguf"), scale: 1 }]);
-      expect(new ModelRegistry({ baseGguf: "base.gguf", loras: [{ path: "x-lora.gguf", scale: 0.5 }], modelDirs: [] }, dir).list()[0]!.loras).toEqual([{ path: path.join(dir, "x-lora.gguf"), scale: 0.5 }]);
-      expect(list[2]!.path).toBe(path.join(dir, "models/A_Model.gguf"));
-      expect(reg.get("A_Model")?.name).toBe("a-model");
-      expect(reg.get("a-model.gguf")?.name).toBe("a-model");
-      expect(reg.get("missing")).toBeUndefined();
+      expect((await new ModelRegistry({ baseGguf: "base.gguf", loras: [{ path: "x-lora.gguf", scale: 0.5 }], modelDirs: [] }, dir, { roots: [], readMeta }).list())[0]!.loras).toEqual([{ path: path.join(dir, "x-lora.gguf"), scale: 0.5 }]);
+      // Split sets: one model at the first part; an incomplete set carries a problem.
+      const big = list.find((e) => e.name === "big")!;
+      expect(big.path).toBe(path.join(dir, "models/big-00001-of-00002.gguf"));
+      expect(big.shards).toHaveLength(2);
+      expect(big.problem).toBeUndefined();
+      expect(list.find((e) => e.name === "half")!.problem).toMatch(/incomplete split model: part 2 of 2 missing/);
+      expect(list.find((e) => e.name === "broken")!.problem).toContain("is not a readable GGUF file");
+      expect(list.find((e) => e.name === "a-model")!.path).toBe(path.join(dir, "models/A_Model.gguf"));
+      expect((await reg.get("A_Model"))?.name).toBe("a-model");
+      expect((await reg.get("a-model.gguf"))?.name).toBe("a-model");
+      expect(await reg.get("missing")).toBeUndefined();
       rmSync(path.join(dir, "extra.gguf"));
-      expect(reg.list().map((e) => e.name)).not.toContain("extra");
+      expect((await reg.list({ refresh: true })).map((e) => e.name)).not.toContain("extra");
+      // A file dropped into a root is found by name at once.
+      writeFileSync(path.join(dir, "other", "new_one.gguf"), "x");
+      expect((await reg.get("new-one"))?.source).toBe("dir");
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -219,16 +219,16 @@ describe("engine", () => {
     const e = new Engine(new ModelRegistry({ modelDirs: [dir] }, dir), { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: 512, chatTemplate: "auto", parallel: 1, keepAliveMs: 300, maxLoadedModels: 2 });
     try {
       await e.complete("a", { prompt: "x", ...greedy, maxTokens: 2 });
-      expect(e.status("a")).toMatchObject({ state: "loaded", active: 0 });
-      expect(e.status("a").expiresAt).not.toBeNull();
+      expect(await e.status("a")).toMatchObject({ state: "loaded", active: 0 });
+      expect((await e.status("a")).expiresAt).not.toBeNull();
       await Bun.sleep(600);
-      expect(e.status("a").state).toBe("unloaded");
+      expect((await e.status("a")).state).toBe("unloaded");
       // keep_alive -1 (per request): stays; 0: unloads right after.
       await e.complete("a", { prompt: "x", ...greedy, maxTokens: 2, keepAliveMs: -1 });
       await e.complete("b", { prompt: "x", ...greedy, maxTokens: 2, keepAliveMs: 0 });
       await Bun.sleep(50);
       expect(e.ps().map((m) => m.name)).toEqual(["a"]);
-      expect(e.status("a").expiresAt).toBeNull();
+      expect((await e.status("a")).expiresAt).toBeNull();
       // At the limit (2), loading c evicts the least recently used idle model.
       await e.complete("b", { prompt: "x", ...greedy, maxTokens: 2, keepAliveMs: -1 });
       await e.complete("a", { prompt: "x", ...greedy, maxTokens: 2, keepAliveMs: -1 });
@@ -244,7 +244,7 @@ describe("engine", () => {
       await Promise.all([ca, cc]);
       // Explicit unload.
       expect(await e.unload("a")).toBe(true);
-      expect(e.status("a").state).toBe("unloaded");
+      expect((await e.status("a")).state).toBe("unloaded");
       expect(await e.unload("a")).toBe(false);
     } finally {
       await e.close();
@@ -365,7 +365,7 @@ describe("engine", () => {
     try {
       const a = await withLora.complete("tiny", { prompt: "hello world", ...greedy, maxTokens: 16 });
       const b = await engine.complete("tiny", { prompt: "hello world", ...greedy, maxTokens: 16 });
-      expect(withLora.list()[0]!.loras).toEqual([{ path: fx.lora, scale: 1 }]);
+      expect((await withLora.list())[0]!.loras).toEqual([{ path: fx.lora, scale: 1 }]);
       expect(a.text).not.toBe(b.text);
     } finally {
       await withLora.close();
@@ -429,9 +429,9 @@ describe("engine", () => {
     const dir = path.join(fx.dir, "gone");
     require("node:fs").mkdirSync(dir);
     copyFileSync(fx.tiny, path.join(dir, "gone.gguf"));
-    const e = makeEngine({ dir, base: path.join(fx.dir, "does-not-exist.gguf") });
-    expect(e.list().map((m) => m.name)).toEqual(["gone"]);
+    const e = makeEngine({ dir, base: path.join(dir, "elsewhere", "does-not-exist.gguf") });
+    expect((await e.list()).map((m) => m.name)).toEqual(["gone"]);
     require("node:fs").rmSync(path.join(dir, "gone.gguf"));
-    expect(e.list()).toEqual([]);
+    expect(await e.list({ refresh: true })).toEqual([]);
   });
 });

@@ -1,5 +1,5 @@
 /** Shared test fixtures: generated models in a temp dir, a real engine, a real listening server. */
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { Engine } from "../src/engine/engine.ts";
@@ -11,11 +11,15 @@ import { listen, type Listening } from "../src/server/listen.ts";
 export const REPO = path.resolve(import.meta.dir, "..");
 export const MAIN = path.join(REPO, "src/main.ts");
 
-/** A fresh temp dir holding `tiny.gguf` (ctx 4096, so long generations are possible) and `tiny-lora.gguf`. */
+/**
+ * A fresh temp dir holding `tiny.gguf` (ctx 4096, so long generations are possible), and
+ * `adapters/tiny-lora.gguf` (in a subfolder: an adapter beside a model would be paired with it).
+ */
 export async function makeFixtures(): Promise<{ dir: string; tiny: string; lora: string; cleanup(): void }> {
   const dir = mkdtempSync(path.join(os.tmpdir(), "shimmy-test-"));
   const tiny = path.join(dir, "tiny.gguf");
-  const lora = path.join(dir, "tiny-lora.gguf");
+  mkdirSync(path.join(dir, "adapters"));
+  const lora = path.join(dir, "adapters", "tiny-lora.gguf");
   await writeTinyModel(tiny, { seed: 1, contextLength: 4096 });
   await writeTinyLora(lora, { seed: 1 });
   return { dir, tiny, lora, cleanup: () => rmSync(dir, { recursive: true, force: true }) };

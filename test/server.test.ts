@@ -13,7 +13,7 @@ function fakeEngine(script: string[] = ["Hel", "lo\nwor", "ld"]) {
   const calls: GenerateOptions[] = [];
   const engine: ServingEngine = {
     options: { gpu: "cpu", threads: 1, ctxSize: 512, chatTemplate: "auto" },
-    list: () => [{ name: "fake", path: "/x/fake.gguf", source: "dir", sizeBytes: 10, loaded: false }],
+    list: async () => [{ name: "fake", path: "/x/fake.gguf", source: "dir", sizeBytes: 10, loaded: false }],
     resolve: (() => {
       throw new Error("unused");
     }) as any,
@@ -21,7 +21,7 @@ function fakeEngine(script: string[] = ["Hel", "lo\nwor", "ld"]) {
     loadedNames: () => [],
     load: (async () => undefined) as any,
     unload: async () => false,
-    status: ((name: string) => ({ name, state: "unloaded", active: 0, queued: 0, slots: 1 })) as any,
+    status: (async (name: string) => ({ name, state: "unloaded", active: 0, queued: 0, slots: 1 })) as any,
     ps: () => [],
     setLora: (async () => ({})) as any,
     state: "ready",

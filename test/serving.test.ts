@@ -65,7 +65,7 @@ describe("parallel slots and the queue", () => {
       await s.engine.load("tiny");
       const accepted = [0, 1, 2].map((i) => post(`${s.url}/api/generate`, { model: "tiny", prompt: `a${i}`, max_tokens: 300, stream: false }));
       // One runs, two wait: the queue is full.
-      while (s.engine.status("tiny").queued < 2) await Bun.sleep(2);
+      while ((await s.engine.status("tiny")).queued < 2) await Bun.sleep(2);
       const native = await post(`${s.url}/api/generate`, { model: "tiny", prompt: "over", max_tokens: 2, stream: false });
       expect(native.status).toBe(503);
       expect(native.headers.get("retry-after")).toBe("1");
@@ -143,7 +143,13 @@ describe("model lifecycle routes", () => {
     const s = serverWith({});
     try {
       const loading = s.engine.load("tiny");
-      const during = await (await fetch(`${s.url}/health`)).json() as any;
+      // The load registers once the name is resolved; poll until /health shows it.
+      let during: any;
+      for (let i = 0; i < 500; i++) {
+        during = await (await fetch(`${s.url}/health`)).json();
+        if (during.model_states.length) break;
+        await Bun.sleep(1);
+      }
       expect(during.status).toBe("loading");
       expect(during.model_states).toEqual([{ name: "tiny", state: "loading", active: 0, queued: 0 }]);
       await loading;

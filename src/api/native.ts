@@ -85,6 +85,14 @@ export const ModelSummary = t.Object({
   source: t.String(),
   size_bytes: t.Integer(),
   loaded: t.Boolean(),
+  architecture: t.Optional(t.String()),
+  parameters: t.Optional(t.Integer()),
+  quantization: t.Optional(t.String()),
+  context_length: t.Optional(t.Integer()),
+  chat_template: t.Optional(t.Boolean()),
+  shards: t.Optional(t.Array(t.String())),
+  /** Why this model cannot be loaded (broken file, incomplete split set). */
+  error: t.Optional(t.String()),
 });
 export type ModelSummary = typeof ModelSummary.static;
 

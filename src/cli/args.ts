@@ -72,7 +72,7 @@ export function configFrom(args: Flags, rawArgs: readonly string[] = []): Config
  */
 export async function engineFrom(config: Config): Promise<Engine> {
   const registry = new ModelRegistry(config);
-  if (registry.list().length === 0 && config.demoModel) {
+  if ((await registry.list()).length === 0 && config.demoModel) {
     registry.addFile(await ensureDemoModel(config.cacheDir), "demo");
     log.warn(`no model found: using the built-in demo model '${DEMO_MODEL_NAME}' (RANDOM WEIGHTS: its output is gibberish; it is for trying shimmy). Add models with --model-path, SHIMMY_BASE_GGUF or ./models.`);
   }

@@ -98,9 +98,9 @@ export class Engine {
   }
 
   /** Resolves a name to its entry; throws ModelNotFoundError listing what exists. */
-  resolve(name: string): ModelEntry {
-    const entry = this.registry.get(name);
-    if (!entry) throw new ModelNotFoundError(name, this.registry.list().map((e) => e.name));
+  async resolve(name: string): Promise<ModelEntry> {
+    const entry = await this.registry.get(name);
+    if (!entry) throw new ModelNotFoundError(name, (await this.registry.list()).filter((e) => !e.problem).map((e) => e.name));
     return entry;
   }
 
@@ -116,18 +116,22 @@ export class Engine {
    * model is busy, OverloadedError (503).
    */
   async load(name: string, keepAliveMs?: number): Promise<LoadedModel> {
-    const h = this.handle(name);
+    const h = await this.handle(name);
     const m = await h.ready;
     // A keep-alive given with an explicit load replaces the default for the coming idle period.
     if (keepAliveMs !== undefined && h.active === 0 && this.models.get(h.entry.name) === h) this.scheduleUnload(h, keepAliveMs);
     return m;
   }
 
-  private handle(name: string): ModelHandle {
+  private async handle(name: string): Promise<ModelHandle> {
     if (this.draining) throw new OverloadedError("shimmy is shutting down");
-    const entry = this.resolve(name);
+    const entry = await this.resolve(name);
+    // After the await: another caller may have started this load meanwhile (shared below).
+    if (this.draining) throw new OverloadedError("shimmy is shutting down");
     const existing = this.models.get(entry.name);
     if (existing) return existing;
+    // A broken file or an incomplete split set never reaches llama.cpp.
+    if (entry.problem) throw new ModelLoadError(entry.problem);
     this.makeRoom();
     const ready = (async () => {
       const t0 = performance.now();
@@ -193,7 +197,7 @@ export class Engine {
 
   /** Unloads a model now (its running generations finish first). False when it was not loaded. */
   async unload(name: string): Promise<boolean> {
-    const h = this.models.get(this.resolve(name).name);
+    const h = this.models.get((await this.resolve(name)).name);
     if (!h) return false;
     await h.ready.catch(() => undefined);
     await this.dispose(h);
@@ -204,7 +208,7 @@ export class Engine {
   async setLora(name: string, loras: LoraAdapter[]): Promise<ModelStatus> {
     const m = await this.load(name);
     await m.native.setLora(loras);
-    return this.status(name);
+    return await this.status(name);
   }
 
   private statusOf(h: ModelHandle): ModelStatus {
@@ -221,8 +225,8 @@ export class Engine {
   }
 
   /** One model's lifecycle state. */
-  status(name: string): ModelStatus {
-    const entry = this.resolve(name);
+  async status(name: string): Promise<ModelStatus> {
+    const entry = await this.resolve(name);
     const h = this.models.get(entry.name);
     return h ? this.statusOf(h) : { name: entry.name, state: "unloaded", active: 0, queued: 0, slots: this.options.parallel ?? 1 };
   }
@@ -232,14 +236,14 @@ export class Engine {
     return [...this.models.values()].sort((a, b) => b.lastUsed - a.lastUsed).map((h) => this.statusOf(h));
   }
 
-  /** Registered models with size and whether each is loaded. */
-  list(): ModelInfo[] {
-    return this.registry.list().map((e) => {
+  /** Registered models with size and whether each is loaded (a fresh scan when `refresh`). */
+  async list(opts: { refresh?: boolean } = {}): Promise<ModelInfo[]> {
+    return (await this.registry.list(opts)).map((e) => {
       let sizeBytes = 0;
       try {
         sizeBytes = statSync(e.path).size;
       } catch {}
-      return { ...e, sizeBytes, loaded: this.models.get(e.name)?.state === "loaded" };
+      return { ...e, sizeBytes: e.meta?.sizeBytes ?? sizeBytes, loaded: this.models.get(e.name)?.state === "loaded" };
     });
   }
 
@@ -257,7 +261,7 @@ export class Engine {
    */
   async *generate(name: string, opts: GenerateOptions & { keepAliveMs?: number }): AsyncGenerator<TokenEvent, void, undefined> {
     const tCall = performance.now();
-    const h = this.handle(name);
+    const h = await this.handle(name);
     h.active++;
     clearTimeout(h.timer);
     h.expiresAt = null;

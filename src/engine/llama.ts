@@ -2,12 +2,13 @@
  * The one door to native code: the only module that imports node-llama-cpp. Loaded lazily by the
  * engine so that `--help`, `--version` and the server layer never load the addon.
  */
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import os from "node:os";
 import {
   ChatMLChatWrapper,
   getLlama,
   getLlamaGpuTypes,
+  GgufFileType,
   GgufInsights,
   InsufficientMemoryError,
   JinjaTemplateChatWrapper,
@@ -41,7 +42,7 @@ import { log } from "../log.ts";
 import { GbnfNumber } from "../../node_modules/node-llama-cpp/dist/utils/gbnfJson/terminals/GbnfNumber.js";
 import { nativeBuildInfo } from "./runtime.ts";
 import { StopMatcher } from "./stop.ts";
-import type { BackendInfo, BackendOptions, ChatMessage, FinishReason, GenerateOptions, GenerateResult, LoraAdapter, ModelEntry, TokenLogprob, ToolCall, ToolDefinition } from "./types.ts";
+import type { BackendInfo, BackendOptions, ChatMessage, FinishReason, GenerateOptions, GenerateResult, LoraAdapter, ModelEntry, ModelMeta, TokenLogprob, ToolCall, ToolDefinition } from "./types.ts";
 
 GbnfNumber.prototype.getGrammar = function (this: { allowFractional: boolean }) {
   // At most 15 digits: every integer stays within Number.MAX_SAFE_INTEGER.
@@ -228,24 +229,82 @@ export class NativeBackend {
   }
 }
 
-/**
- * Rejects files that would abort the whole process inside llama.cpp instead of failing cleanly:
- * a non-GGUF file, a missing attention head count, a SentencePiece vocabulary without byte tokens.
- */
-async function validateGguf(file: string, adapter = false): Promise<void> {
+/** Bytes per block and elements per block of ggml tensor types (for the truncation check). */
+const GGML_BLOCKS: Record<number, [bytes: number, elements: number]> = {
+  0: [4, 1], 1: [2, 1], 2: [18, 32], 3: [20, 32], 6: [22, 32], 7: [24, 32], 8: [34, 32], 9: [36, 32],
+  10: [84, 256], 11: [110, 256], 12: [144, 256], 13: [176, 256], 14: [210, 256], 15: [292, 256],
+  16: [66, 256], 17: [74, 256], 18: [98, 256], 19: [50, 256], 20: [18, 32], 21: [110, 256], 22: [82, 256],
+  23: [136, 256], 24: [1, 1], 25: [2, 1], 26: [4, 1], 27: [8, 1], 28: [8, 1], 29: [56, 256], 30: [2, 1],
+  34: [54, 256], 35: [66, 256], 39: [17, 32],
+};
+
+/** Reads a GGUF header (all parts of a split model) and says why it is unusable, if it is. */
+async function readHeader(file: string) {
   let info;
   try {
-    info = await readGgufFileInfo(file, { readTensorInfo: false, logWarnings: false, sourceType: "filesystem" });
+    info = await readGgufFileInfo(file, { logWarnings: false, sourceType: "filesystem" });
   } catch (err) {
     throw new ModelLoadError(`${file} is not a readable GGUF file: ${(err as Error).message}`, { cause: err });
   }
+  // Every tensor must end inside its file: a cut download fails here, not inside llama.cpp.
+  const parts = new Map<number, number>();
+  const sizeOfPart = (part: number) => {
+    if (!parts.has(part)) {
+      const name = part <= 1 ? file : file.replace(/-\d{5}(-of-\d{5}\.gguf)$/i, `-${String(part).padStart(5, "0")}$1`);
+      parts.set(part, statSync(name).size);
+    }
+    return parts.get(part)!;
+  };
+  for (const t of info.fullTensorInfo ?? info.tensorInfo ?? []) {
+    const block = GGML_BLOCKS[t.ggmlType];
+    if (!block) continue;
+    const elements = t.dimensions.reduce<number>((n, d) => n * Number(d), 1);
+    const end = Number(t.fileOffset) + Math.ceil(elements / block[1]) * block[0];
+    const size = sizeOfPart(t.filePart);
+    if (end > size) throw new ModelLoadError(`${file} is truncated: tensor ${t.name} ends at byte ${end} but the file has ${size} bytes (an incomplete download?)`);
+  }
+  return info;
+}
+
+/** Header facts of a model file, without loading weights. Throws ModelLoadError naming the problem. */
+export async function readModelMeta(file: string): Promise<ModelMeta> {
+  const info = await readHeader(file);
+  checkHeader(file, info);
+  const md = info.metadata as Record<string, any>;
+  const arch: string = md.general?.architecture;
+  const fileTypeId = md.general?.file_type;
+  const fileType = typeof fileTypeId === "number" ? (GgufFileType[fileTypeId]?.replace(/^MOSTLY_/, "") ?? String(fileTypeId)) : "unknown";
+  const tensors = info.fullTensorInfo ?? info.tensorInfo ?? [];
+  return {
+    architecture: arch,
+    parameters: tensors.reduce((n, t) => n + t.dimensions.reduce<number>((m, d) => m * Number(d), 1), 0),
+    fileType,
+    ...(md[arch]?.context_length ? { contextLength: Number(md[arch].context_length) } : {}),
+    chatTemplate: typeof md.tokenizer?.chat_template === "string",
+    adapter: md.general?.type === "adapter",
+    sizeBytes: statSync(file).size,
+  };
+}
+
+/**
+ * Rejects files that would abort the whole process inside llama.cpp instead of failing cleanly:
+ * a non-GGUF or truncated file, a missing attention head count, a SentencePiece vocabulary without
+ * its byte tokens.
+ */
+async function validateGguf(file: string, adapter = false): Promise<void> {
+  const info = await readHeader(file);
+  checkHeader(file, info, adapter ? "adapter" : "model");
+}
+
+/** `expect`: what the caller is about to load; undefined accepts either (discovery). */
+function checkHeader(file: string, info: Awaited<ReturnType<typeof readHeader>>, expect?: "model" | "adapter"): void {
   const md = info.metadata as Record<string, any>;
   const arch: string | undefined = md.general?.architecture;
   if (!arch) throw new ModelLoadError(`${file} has no general.architecture`);
-  if (adapter) {
-    if (md.general?.type !== "adapter") throw new ModelLoadError(`${file} is not a LoRA adapter (general.type is '${md.general?.type}')`);
-    return;
-  }
+  const isAdapter = md.general?.type === "adapter";
+  if (expect === "adapter" && !isAdapter) throw new ModelLoadError(`${file} is not a LoRA adapter (general.type is '${md.general?.type}')`);
+  if (expect === "model" && isAdapter) throw new ModelLoadError(`${file} is a LoRA adapter, not a model: apply it with --lora`);
+  if (isAdapter) return;
   const archMd = md[arch] ?? {};
   if (archMd.attention && archMd.attention.head_count == null) throw new ModelLoadError(`${file} lacks ${arch}.attention.head_count`);
   if (arch === "llama" && archMd.attention == null) throw new ModelLoadError(`${file} lacks llama.attention.head_count`);

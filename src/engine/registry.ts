@@ -1,12 +1,19 @@
 /**
- * Which models exist and under which names. Sources, first name wins: SHIMMY_BASE_GGUF (+ LoRA),
- * `serve --model-path`, then every `*.gguf` in ./models and the model dirs. Directories are re-read
- * on each lookup so files added or removed while serving show up; a missing file is never listed.
+ * Which models exist and under which names. Sources, in order (first wins on a shared file):
+ * SHIMMY_BASE_GGUF (+ LoRA), `--model-path`, then the discovery roots (./models, the base model's
+ * folder, model dirs, Ollama, Hugging Face, LM Studio, $XDG_DATA_HOME/shimmy/models). Headers are
+ * read (node-llama-cpp's GGUF reader, cached per file version) to tell models from LoRA adapters,
+ * pair adapters with their base models and describe each model. Results are cached for a second, so
+ * a file dropped into a root shows up at once without rescanning on every request.
  */
-import { existsSync, readdirSync, statSync } from "node:fs";
+import { realpathSync, statSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import type { Config } from "../config.ts";
-import type { LoraAdapter, ModelEntry, ModelSource } from "./types.ts";
+import { log } from "../log.ts";
+import { type Candidate, discoveryRoots, type Root, type RootReport, scanRoot, splitPart } from "./discovery.ts";
+import { ensureNativeRuntime } from "./runtime.ts";
+import type { LoraAdapter, ModelEntry, ModelMeta, ModelSource } from "./types.ts";
 
 /** `Phi-3_mini 4k.Q4.gguf` -> `phi-3-mini-4k.q4`. */
 export function modelNameFromPath(file: string): string {
@@ -22,69 +29,203 @@ export function normalizeModelName(name: string): string {
   return name.trim().toLowerCase().replace(/[_\s]+/g, "-").replace(/\.gguf$/, "");
 }
 
-function isFile(p: string): boolean {
-  try {
-    return statSync(p).isFile();
-  } catch {
-    return false;
-  }
+const SOURCE_TAG: Record<ModelSource, string> = { env: "env", "model-path": "path", dir: "dir", ollama: "ollama", huggingface: "hf", lmstudio: "lmstudio", demo: "demo" };
+
+/** Reads a GGUF header; throws with the reason when the file is not a usable GGUF. */
+export type MetaReader = (file: string) => Promise<ModelMeta>;
+
+/** The outcome of a scan: served entries, adapters, and what each root gave. */
+export interface ScanResult {
+  models: ModelEntry[];
+  adapters: ModelEntry[];
+  roots: RootReport[];
 }
 
-/** Skip adapter files (`lora` / `adapter` as a word of the name) and split-model parts other than the first. */
-function looksLikeBaseModel(file: string): boolean {
-  const base = path.basename(file).toLowerCase();
-  if (/(^|[-_. ])(lora|adapter)([-_. ]|$)/.test(base)) return false;
-  const split = base.match(/-(\d{5})-of-(\d{5})\.gguf$/);
-  return !split || split[1] === "00001";
+function realpath(p: string): string {
+  try {
+    return realpathSync(p);
+  } catch {
+    return path.resolve(p);
+  }
 }
 
 export class ModelRegistry {
   private readonly fixed: ModelEntry[] = [];
-  private readonly dirs: string[];
+  private readonly roots: Root[];
+  private readonly readMeta: MetaReader;
+  private readonly metaCache = new Map<string, { meta?: ModelMeta; error?: string }>();
+  private cached: { at: number; result: Promise<ScanResult> } | undefined;
 
-  constructor(config: Pick<Config, "baseGguf" | "modelPath" | "modelDirs"> & { loras?: Config["loras"] }, cwd = process.cwd()) {
+  constructor(
+    config: Pick<Config, "baseGguf" | "modelPath" | "modelDirs"> & { loras?: Config["loras"]; cacheDir?: string; runtimeDir?: string },
+    cwd = process.cwd(),
+    opts: {
+      /** Environment for the discovery roots (OLLAMA_MODELS, HF_HOME, ...). Default process.env. */
+      env?: Record<string, string | undefined>;
+      /** Only these roots (tests); default: discoveryRoots(). */
+      roots?: Root[];
+      readMeta?: MetaReader;
+      /** How long a scan is reused, ms. Default 1000. */
+      ttlMs?: number;
+    } = {},
+  ) {
     // The LoRA adapters apply to `--model-path` when given, else to SHIMMY_BASE_GGUF.
     const loras = (config.loras ?? []).map((l) => ({ path: path.resolve(cwd, l.path), scale: l.scale }));
     if (config.baseGguf) this.addFile(path.resolve(cwd, config.baseGguf), "env", config.modelPath ? undefined : loras);
     if (config.modelPath) this.addFile(path.resolve(cwd, config.modelPath), "model-path", loras);
-    this.dirs = [...new Set([path.resolve(cwd, "models"), ...config.modelDirs.map((d) => path.resolve(cwd, d))])];
+    this.roots = opts.roots ?? discoveryRoots({ cwd, baseGguf: config.baseGguf, modelDirs: config.modelDirs, env: opts.env ?? process.env });
+    this.ttlMs = opts.ttlMs ?? 1000;
+    this.readMeta =
+      opts.readMeta ??
+      (async (file) => {
+        await ensureNativeRuntime({ runtimeDir: config.runtimeDir, cacheDir: config.cacheDir ?? os.tmpdir() });
+        return (await import("./llama.ts")).readModelMeta(file);
+      });
   }
+  private readonly ttlMs: number;
 
   /** Registers one file under its stem name (or `name`). Later sources never shadow it. */
   addFile(file: string, source: ModelSource, loras?: LoraAdapter[], name = modelNameFromPath(file)): ModelEntry {
     const entry: ModelEntry = { name, path: path.resolve(file), source, ...(loras?.length ? { loras } : {}) };
     this.fixed.push(entry);
+    this.cached = undefined;
     return entry;
   }
 
-  /** Models whose files exist now, deduplicated by name (first wins). */
-  list(): ModelEntry[] {
-    const seen = new Set<string>();
-    const out: ModelEntry[] = [];
-    const push = (e: ModelEntry) => {
-      if (seen.has(e.name) || !isFile(e.path)) return;
-      seen.add(e.name);
-      out.push(e);
-    };
-    this.fixed.forEach(push);
-    for (const dir of this.dirs) {
-      if (!existsSync(dir)) continue;
-      let names: string[];
-      try {
-        names = readdirSync(dir).sort();
-      } catch {
-        continue;
-      }
-      for (const n of names) {
-        if (!n.toLowerCase().endsWith(".gguf") || !looksLikeBaseModel(n)) continue;
-        push({ name: modelNameFromPath(n), path: path.join(dir, n), source: "dir" });
-      }
+  /** Header facts of a file, cached per (real path, size, mtime); an unreadable file gives `error`. */
+  private async describe(file: string): Promise<{ meta?: ModelMeta; error?: string }> {
+    let key: string;
+    try {
+      const st = statSync(file);
+      key = `${realpath(file)}|${st.size}|${st.mtimeMs}`;
+    } catch (err) {
+      return { error: `${file}: ${(err as Error).message}` };
     }
-    return out;
+    let hit = this.metaCache.get(key);
+    if (!hit) {
+      hit = await this.readMeta(file).then(
+        (meta) => ({ meta }),
+        (err) => ({ error: (err as Error).message }),
+      );
+      this.metaCache.set(key, hit);
+    }
+    return hit;
   }
 
-  get(name: string): ModelEntry | undefined {
+  /** Scans every root (or reuses a scan younger than the TTL). */
+  scan(opts: { refresh?: boolean } = {}): Promise<ScanResult> {
+    if (!opts.refresh && this.cached && Date.now() - this.cached.at < this.ttlMs) return this.cached.result;
+    const result = this.doScan();
+    this.cached = { at: Date.now(), result };
+    result.catch(() => (this.cached = undefined));
+    return result;
+  }
+
+  private async doScan(): Promise<ScanResult> {
+    const t0 = performance.now();
+    const seen = new Set<string>();
+    const candidates: Candidate[] = [];
+    for (const e of this.fixed) {
+      const real = realpath(e.path);
+      try {
+        if (!statSync(e.path).isFile()) continue;
+      } catch {
+        continue; // a missing file is never listed
+      }
+      if (seen.has(real)) continue;
+      seen.add(real);
+      candidates.push({ file: e.path, source: e.source, root: path.dirname(e.path), name: e.name });
+    }
+    const roots: RootReport[] = [];
+    for (const root of this.roots) {
+      const { candidates: found, report } = scanRoot(root);
+      roots.push(report);
+      for (const c of found) {
+        const real = realpath(c.file);
+        if (seen.has(real)) continue;
+        seen.add(real);
+        candidates.push(c);
+      }
+    }
+
+    // Split sets: one entry per set, at its first part; incomplete sets carry a problem.
+    const sets = new Map<string, { parts: Map<number, string>; total: number; first: Candidate }>();
+    const singles: Candidate[] = [];
+    for (const c of candidates) {
+      const part = splitPart(c.file);
+      if (!part) {
+        singles.push(c);
+        continue;
+      }
+      const key = `${path.dirname(c.file)}/${part.base}/${part.total}`;
+      const set = sets.get(key) ?? { parts: new Map(), total: part.total, first: c };
+      set.parts.set(part.index, c.file);
+      if (part.index === 1) set.first = c;
+      sets.set(key, set);
+    }
+
+    type Item = { c: Candidate; shards?: string[]; problem?: string; meta?: ModelMeta };
+    const items: Item[] = singles.map((c) => ({ c }));
+    for (const set of sets.values()) {
+      const shards = [...Array(set.total)].map((_, i) => set.parts.get(i + 1));
+      const missing = shards.map((s, i) => (s ? 0 : i + 1)).filter(Boolean);
+      const first = set.parts.get(1) ?? set.first.file;
+      const c: Candidate = { ...set.first, file: first, name: set.first.name ?? modelNameFromPath(first.replace(/-\d{5}-of-\d{5}\.gguf$/i, ".gguf")) };
+      items.push({ c, shards: shards.filter(Boolean) as string[], ...(missing.length ? { problem: `incomplete split model: part${missing.length > 1 ? "s" : ""} ${missing.join(", ")} of ${set.total} missing next to ${first}` } : {}) });
+    }
+    await Promise.all(
+      items.map(async (it) => {
+        if (it.problem) return;
+        const d = await this.describe(it.c.file);
+        if (d.error) it.problem = d.error;
+        else it.meta = d.meta;
+      }),
+    );
+    for (const it of items) if (it.meta && it.shards) it.meta = { ...it.meta, sizeBytes: it.shards.reduce((n, s) => n + statSync(s).size, 0) };
+
+    // Adapters pair with the base models of their folder and architecture; never listed as models.
+    const adapterItems = items.filter((it) => it.meta?.adapter);
+    const modelItems = items.filter((it) => !it.meta?.adapter);
+    const fixedByPath = new Map(this.fixed.map((e) => [path.resolve(e.path), e]));
+    const names = new Set<string>();
+    const uniqueName = (base: string, source: ModelSource) => {
+      let name = base;
+      if (names.has(name)) name = `${base}@${SOURCE_TAG[source]}`;
+      for (let i = 2; names.has(name); i++) name = `${base}@${SOURCE_TAG[source]}-${i}`;
+      names.add(name);
+      return name;
+    };
+    const models: ModelEntry[] = modelItems.map((it) => {
+      const fixed = fixedByPath.get(path.resolve(it.c.file));
+      let loras: LoraAdapter[] = fixed?.loras ?? (it.c.adapters ?? []).map((p) => ({ path: p, scale: 1 }));
+      if (!fixed && !it.c.adapters && it.meta) {
+        const dir = path.dirname(it.c.file);
+        loras = adapterItems.filter((a) => path.dirname(a.c.file) === dir && a.meta!.architecture === it.meta!.architecture).map((a) => ({ path: a.c.file, scale: 1 }));
+      }
+      return {
+        name: uniqueName(it.c.name ?? modelNameFromPath(it.c.file), it.c.source),
+        path: path.resolve(it.c.file),
+        source: it.c.source,
+        ...(loras.length ? { loras } : {}),
+        ...(it.shards ? { shards: it.shards.map((s) => path.resolve(s)) } : {}),
+        ...(it.meta ? { meta: it.meta } : {}),
+        ...(it.problem ? { problem: it.problem } : {}),
+      };
+    });
+    const adapters: ModelEntry[] = adapterItems.map((it) => ({ name: modelNameFromPath(it.c.file), path: path.resolve(it.c.file), source: it.c.source, meta: it.meta }));
+    log.debug(`discovery: ${models.length} models, ${adapters.length} adapters from ${roots.filter((r) => r.exists).length} roots in ${(performance.now() - t0).toFixed(0)} ms`);
+    return { models, adapters, roots };
+  }
+
+  /** Models (including ones that cannot load, with `problem`), in source order. */
+  async list(opts: { refresh?: boolean } = {}): Promise<ModelEntry[]> {
+    return (await this.scan(opts)).models;
+  }
+
+  async get(name: string): Promise<ModelEntry | undefined> {
     const wanted = normalizeModelName(name);
-    return this.list().find((e) => e.name === wanted);
+    const find = (list: ModelEntry[]) => list.find((e) => normalizeModelName(e.name) === wanted);
+    // A name not seen in the cached scan may be a file just dropped in: rescan once.
+    return find(await this.list()) ?? find(await this.list({ refresh: true }));
   }
 }

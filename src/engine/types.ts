@@ -132,16 +132,39 @@ export interface LoraAdapter {
   scale: number;
 }
 
-export type ModelSource = "env" | "model-path" | "dir" | "demo";
+export type ModelSource = "env" | "model-path" | "dir" | "ollama" | "huggingface" | "lmstudio" | "demo";
+
+/** What a GGUF header says (read without loading weights). */
+export interface ModelMeta {
+  architecture: string;
+  /** Parameter count (sum of tensor elements). */
+  parameters: number;
+  /** Quantization / file type, e.g. `Q4_K_M`, `Q8_0`, `F16`. */
+  fileType: string;
+  /** Training context length, when the header has one. */
+  contextLength?: number;
+  /** Whether `tokenizer.chat_template` is present. */
+  chatTemplate: boolean;
+  /** A LoRA adapter (`general.type` "adapter") rather than a model. */
+  adapter: boolean;
+  /** Bytes on disk (all parts of a split model). */
+  sizeBytes: number;
+}
 
 export interface ModelEntry {
-  /** Registry name: file stem, lowercased, `_` and spaces to `-`. */
+  /** Registry name: file stem, lowercased, `_` and spaces to `-` (Ollama: `model:tag`); unique, `@source` added on collisions. */
   name: string;
-  /** Absolute path of the .gguf file. */
+  /** Absolute path of the .gguf file (the first part of a split model). */
   path: string;
   /** LoRA adapters (absolute paths, scales) applied when the model loads. */
   loras?: LoraAdapter[];
   source: ModelSource;
+  /** Every part of a split model, in order. */
+  shards?: string[];
+  /** Header facts, when the header could be read. */
+  meta?: ModelMeta;
+  /** Why this entry cannot be loaded (broken file, incomplete split set); loading it fails with this. */
+  problem?: string;
 }
 
 export interface ModelInfo extends ModelEntry {

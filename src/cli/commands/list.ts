@@ -18,7 +18,7 @@ export default defineCommand({
   },
   async run({ args, rawArgs }) {
     const engine = await engineFrom(configFrom(args, rawArgs));
-    const models = engine.list();
+    const models = await engine.list();
     if (args.json) {
       process.stdout.write(`${JSON.stringify(models.map((m) => ({ name: m.name, path: m.path, ...(m.loras ? { loras: m.loras } : {}), source: m.source, size_bytes: m.sizeBytes })), null, 2)}\n`);
       return;

@@ -28,7 +28,7 @@ export default defineCommand({
     const engine = await engineFrom(config);
     const app = createApp({ engine, registry: engine.registry, config });
     const server = listen(app, config.bind);
-    const names = engine.list().map((m) => m.name);
+    const names = (await engine.list()).map((m) => m.name);
     log.info(`shimmy ${VERSION}: ${names.length} model(s): ${names.join(", ") || "(none)"}; threads ${config.threads}, ctx ${config.ctxSize}`);
     process.stdout.write(`shimmy listening on ${server.url}\n`);
     await stopped;

@@ -314,13 +314,15 @@ export const openaiRoutes = (engine: ServingEngine) =>
       },
       { body: CompletionRequest, parse: parseJsonBody },
     )
-    .get("/v1/models", () => ({
+    .get("/v1/models", async () => ({
       object: "list",
-      data: engine.list().map((m) => ({ id: m.name, object: "model", created: Math.floor(modelCreated(m.path) / 1000), owned_by: "shimmy" })),
+      // Loadable models only: broken files and incomplete split sets are in /api/models with their problem.
+      data: (await engine.list()).filter((m) => !m.problem).map((m) => ({ id: m.name, object: "model", created: Math.floor(modelCreated(m.path) / 1000), owned_by: "shimmy" })),
     }))
-    .get("/v1/models/:id", ({ params, set }) => {
-      const m = engine.list().find((e) => e.name === normalizeModelName(params.id));
-      if (!m) return settle(set, openaiErrorResponse(new ModelNotFoundError(params.id, engine.list().map((e) => e.name))));
+    .get("/v1/models/:id", async ({ params, set }) => {
+      const all = (await engine.list()).filter((e) => !e.problem);
+      const m = all.find((e) => normalizeModelName(e.name) === normalizeModelName(params.id));
+      if (!m) return settle(set, openaiErrorResponse(new ModelNotFoundError(params.id, all.map((e) => e.name))));
       return { id: m.name, object: "model", created: Math.floor(modelCreated(m.path) / 1000), owned_by: "shimmy" };
     })
     .post(
@@ -348,7 +350,7 @@ export const openaiRoutes = (engine: ServingEngine) =>
       "/tokenize",
       async ({ body, set }) => {
         try {
-          const model = defaultModel(engine, body.model);
+          const model = await defaultModel(engine, body.model);
           const r = await engine.tokenize(model, body.content, { special: body.parse_special ?? true, addBos: body.add_special ?? false });
           const { tokens, pieces } = r;
           return { tokens: body.with_pieces ? tokens.map((id, i) => ({ id, piece: pieces[i]! })) : tokens };
@@ -362,7 +364,7 @@ export const openaiRoutes = (engine: ServingEngine) =>
       "/detokenize",
       async ({ body, set }) => {
         try {
-          return { content: (await engine.detokenize(defaultModel(engine, body.model), body.tokens)).text };
+          return { content: (await engine.detokenize(await defaultModel(engine, body.model), body.tokens)).text };
         } catch (err) {
           return settle(set, openaiErrorResponse(err));
         }
@@ -379,9 +381,9 @@ function modelCreated(file: string): number {
 }
 
 /** `model` when given; else the only registered model; else the only loaded one. */
-function defaultModel(engine: ServingEngine, model: string | undefined): string {
+async function defaultModel(engine: ServingEngine, model: string | undefined): Promise<string> {
   if (model) return model;
-  const all = engine.list();
+  const all = (await engine.list()).filter((m) => !m.problem);
   if (all.length === 1) return all[0]!.name;
   const loaded = engine.loadedNames();
   if (loaded.length === 1) return loaded[0]!;

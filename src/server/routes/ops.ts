@@ -33,33 +33,36 @@ const LoraRequest = t.Object({
 
 export const opsRoutes = (engine: ServingEngine, metrics: Metrics, startedAt = Date.now()) =>
   new Elysia({ name: "shimmy.ops" })
-    .get("/health", ({ set }): HealthResponse => {
+    .get("/health", async ({ set }): Promise<HealthResponse> => {
       const status = engine.state;
       if (status === "draining") set.status = 503;
       return {
         status,
         version: VERSION,
-        models: engine.list().length,
+        models: (await engine.list()).length,
         loaded: engine.loadedNames(),
         model_states: engine.ps().map((m) => ({ name: m.name, state: m.state, active: m.active, queued: m.queued })),
         uptime: Math.floor((Date.now() - startedAt) / 1000),
       };
     })
     .get("/metrics", async () => new Response(await metrics.render(), { headers: { "Content-Type": metrics.contentType } }))
-    .get("/api/models", (): ModelsResponse => ({
-      models: engine.list().map((m) => ({
+    .get("/api/models", async (): Promise<ModelsResponse> => ({
+      models: (await engine.list()).map((m) => ({
         name: m.name,
         path: m.path,
         ...(m.loras ? { loras: m.loras } : {}),
         source: m.source,
         size_bytes: m.sizeBytes,
         loaded: m.loaded,
+        ...(m.meta ? { architecture: m.meta.architecture, parameters: m.meta.parameters, quantization: m.meta.fileType, context_length: m.meta.contextLength, chat_template: m.meta.chatTemplate } : {}),
+        ...(m.shards ? { shards: m.shards } : {}),
+        ...(m.problem ? { error: m.problem } : {}),
       })),
     }))
     .get("/api/ps", () => ({ models: engine.ps().map(wireStatus) }))
-    .get("/api/models/:name/status", ({ params }) => {
+    .get("/api/models/:name/status", async ({ params }) => {
       try {
-        return wireStatus(engine.status(params.name));
+        return wireStatus(await engine.status(params.name));
       } catch (err) {
         return errorJson(err);
       }
@@ -70,7 +73,7 @@ export const opsRoutes = (engine: ServingEngine, metrics: Metrics, startedAt = D
         const text = await request.text();
         const body = text.trim() ? (JSON.parse(text) as { keep_alive?: string | number }) : {};
         await engine.load(params.name, keepAliveOption(body.keep_alive));
-        return wireStatus(engine.status(params.name));
+        return wireStatus(await engine.status(params.name));
       } catch (err) {
         if (err instanceof SyntaxError) return errorJson(new BadRequestError(`malformed JSON body: ${err.message}`));
         return errorJson(err);
@@ -79,7 +82,7 @@ export const opsRoutes = (engine: ServingEngine, metrics: Metrics, startedAt = D
     .post("/api/models/:name/unload", async ({ params }) => {
       try {
         const was = await engine.unload(params.name);
-        return { ...wireStatus(engine.status(params.name)), was_loaded: was };
+        return { ...wireStatus(await engine.status(params.name)), was_loaded: was };
       } catch (err) {
         return errorJson(err);
       }
