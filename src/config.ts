@@ -74,6 +74,15 @@ export function physicalCores(): number {
   return Math.max(1, os.availableParallelism?.() ?? os.cpus().length);
 }
 
+/** A list of folders: separated by `;` or the platform's path delimiter (`:` on POSIX), and commas. */
+export function splitDirs(raw: string | undefined): string[] {
+  const seps = new Set([";", ",", path.delimiter]);
+  return (raw ?? "")
+    .split(new RegExp(`[${[...seps].map((c) => `\\${c}`).join("")}]`))
+    .map((s) => s.trim())
+    .filter(Boolean);
+}
+
 /**
  * Chat template setting: comma-separated items, each `TEMPLATE` (the default for every model) or
  * `MODEL=TEMPLATE`; TEMPLATE is auto, chatml, llama3, openchat or the path of a Jinja file.
@@ -173,7 +182,7 @@ export function parseLoras(name: string, raw: string | undefined): Array<{ path:
 /** Builds the effective config from env and CLI overrides. Throws RangeError on invalid values. */
 export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, string | undefined> = process.env): Config {
   const threads = parseIntSetting("--threads", overrides.threads, 1, 1024) ?? parseIntSetting("SHIMMY_THREADS", env.SHIMMY_THREADS, 1, 1024);
-  const envDirs = (env.SHIMMY_MODEL_PATHS ?? "").split(path.delimiter).map((s) => s.trim()).filter(Boolean);
+  const envDirs = splitDirs(env.SHIMMY_MODEL_PATHS);
   return {
     bind: overrides.bind ?? (env.SHIMMY_BIND_ADDRESS || undefined) ?? "auto",
     baseGguf: overrides.baseGguf ?? (env.SHIMMY_BASE_GGUF || undefined),

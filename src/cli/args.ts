@@ -1,6 +1,6 @@
 /** Flags shared by several commands, and the one place they turn into a Config and an Engine. */
 import type { ArgsDef } from "citty";
-import { GPU_MODES, loadConfig, parseFloatSetting, parseIntSetting, type Config, type GpuMode } from "../config.ts";
+import { GPU_MODES, loadConfig, parseFloatSetting, parseIntSetting, splitDirs, type Config, type GpuMode } from "../config.ts";
 import { Engine } from "../engine/engine.ts";
 import { ModelRegistry } from "../engine/registry.ts";
 import { DEMO_MODEL_NAME, ensureDemoModel } from "../engine/demo.ts";
@@ -10,7 +10,7 @@ import { parseBind } from "../server/listen.ts";
 
 export const modelArgs = {
   "model-path": { type: "string", description: "Serve this .gguf file (under its file-stem name)", valueHint: "FILE" },
-  "model-dirs": { type: "string", description: "Extra directories to scan for *.gguf, comma separated (also SHIMMY_MODEL_PATHS)", valueHint: "DIRS" },
+  "model-dirs": { type: "string", description: "Extra directories to scan for *.gguf, separated by , ; or : (repeatable; also SHIMMY_MODEL_PATHS)", valueHint: "DIRS" },
   lora: { type: "string", description: "LoRA adapter FILE[:SCALE] applied to --model-path, else to SHIMMY_BASE_GGUF; repeat or comma-separate for several (also SHIMMY_LORA_GGUF)", valueHint: "FILE" },
 } satisfies ArgsDef;
 
@@ -42,7 +42,7 @@ export function configFrom(args: Flags, rawArgs: readonly string[] = []): Config
       bind: str("bind"),
       modelPath: str("model-path"),
       loraGguf: repeatedFlag(rawArgs, "lora").join(",") || str("lora"),
-      modelDirs: str("model-dirs")?.split(",").map((s) => s.trim()).filter(Boolean),
+      modelDirs: (repeatedFlag(rawArgs, "model-dirs").length ? repeatedFlag(rawArgs, "model-dirs") : [str("model-dirs") ?? ""]).flatMap(splitDirs),
       threads: str("threads"),
       ctxSize: str("ctx-size"),
       gpu: str("gpu") as GpuMode | undefined,

@@ -7,6 +7,7 @@ export const main = defineCommand({
   subCommands: {
     serve: () => import("./commands/serve.ts").then((m) => m.default),
     list: () => import("./commands/list.ts").then((m) => m.default),
+    discover: () => import("./commands/discover.ts").then((m) => m.default),
     probe: () => import("./commands/probe.ts").then((m) => m.default),
     generate: () => import("./commands/generate.ts").then((m) => m.default),
     bench: () => import("./commands/bench.ts").then((m) => m.default),

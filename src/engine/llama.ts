@@ -273,7 +273,7 @@ export async function readModelMeta(file: string): Promise<ModelMeta> {
   const md = info.metadata as Record<string, any>;
   const arch: string = md.general?.architecture;
   const fileTypeId = md.general?.file_type;
-  const fileType = typeof fileTypeId === "number" ? (GgufFileType[fileTypeId]?.replace(/^MOSTLY_/, "") ?? String(fileTypeId)) : "unknown";
+  const fileType = typeof fileTypeId === "number" ? (GgufFileType[fileTypeId]?.replace(/^(MOSTLY|ALL)_/, "") ?? String(fileTypeId)) : "unknown";
   const tensors = info.fullTensorInfo ?? info.tensorInfo ?? [];
   return {
     architecture: arch,
