@@ -215,3 +215,9 @@ export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, 
 export function isBindingTestChild(env: Record<string, string | undefined> = process.env): boolean {
   return env.TEST_BINDING_CP === "true";
 }
+
+/** The variables discovery reads to find other tools' model folders (HOME, OLLAMA_MODELS, HF_*, XDG_*). */
+export function discoveryEnv(env: Record<string, string | undefined> = process.env): Record<string, string | undefined> {
+  const keys = ["HOME", "USERPROFILE", "OLLAMA_MODELS", "HF_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME"];
+  return Object.fromEntries(keys.map((k) => [k, env[k] || undefined]));
+}

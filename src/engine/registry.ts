@@ -9,7 +9,7 @@
 import { realpathSync, statSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import type { Config } from "../config.ts";
+import { type Config, discoveryEnv } from "../config.ts";
 import { log } from "../log.ts";
 import { type Candidate, discoveryRoots, type Root, type RootReport, scanRoot, splitPart } from "./discovery.ts";
 import { ensureNativeRuntime } from "./runtime.ts";
@@ -60,7 +60,7 @@ export class ModelRegistry {
     config: Pick<Config, "baseGguf" | "modelPath" | "modelDirs"> & { loras?: Config["loras"]; cacheDir?: string; runtimeDir?: string },
     cwd = process.cwd(),
     opts: {
-      /** Environment for the discovery roots (OLLAMA_MODELS, HF_HOME, ...). Default process.env. */
+      /** Environment for the discovery roots (OLLAMA_MODELS, HF_HOME, ...). Default: config's discoveryEnv(). */
       env?: Record<string, string | undefined>;
       /** Only these roots (tests); default: discoveryRoots(). */
       roots?: Root[];
@@ -73,7 +73,7 @@ export class ModelRegistry {
     const loras = (config.loras ?? []).map((l) => ({ path: path.resolve(cwd, l.path), scale: l.scale }));
     if (config.baseGguf) this.addFile(path.resolve(cwd, config.baseGguf), "env", config.modelPath ? undefined : loras);
     if (config.modelPath) this.addFile(path.resolve(cwd, config.modelPath), "model-path", loras);
-    this.roots = opts.roots ?? discoveryRoots({ cwd, baseGguf: config.baseGguf, modelDirs: config.modelDirs, env: opts.env ?? process.env });
+    this.roots = opts.roots ?? discoveryRoots({ cwd, baseGguf: config.baseGguf, modelDirs: config.modelDirs, env: opts.env ?? discoveryEnv() });
     this.ttlMs = opts.ttlMs ?? 1000;
     this.readMeta =
       opts.readMeta ??
