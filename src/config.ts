@@ -54,6 +54,20 @@ export interface Config {
   cacheDir: string;
   /** Where a single-file executable extracts its native libraries. Env `SHIMMY_RUNTIME_DIR`, else `<cacheDir>/runtime` (the temp dir when that is not writable). */
   runtimeDir?: string;
+  /** API keys; when any is set, every route but /health needs one (Bearer or x-api-key). Env `SHIMMY_API_KEY` (comma separated), flags `--api-key` (repeatable), `--api-key-file` (one per line). */
+  apiKeys: string[];
+  /** Origins allowed to call from a browser: localhost origins by default; `*` for any. Env `SHIMMY_CORS_ORIGINS`, flag `--cors-origins`. */
+  corsOrigins: string[];
+  /** Extra Host header names accepted while bound to loopback (DNS-rebinding protection). Env `SHIMMY_ALLOW_HOSTS`, flag `--allow-hosts`. */
+  allowHosts: string[];
+  /** Largest request body, bytes; larger is 413. Default 10 MB. Env `SHIMMY_MAX_BODY`, flag `--max-body`. */
+  maxBodyBytes: number;
+  /** Request log lines: `text` or `json`. Default text. Env `SHIMMY_LOG_FORMAT`, flag `--log-format`. */
+  logFormat: "text" | "json";
+  /** Put prompt text in the request log. Default false. Env `SHIMMY_LOG_PROMPTS=1`, flag `--log-prompts`. */
+  logPrompts: boolean;
+  /** Memory-map model files (fast; a file truncated on disk while loaded can crash the process). Default true. Env `SHIMMY_MMAP=0`, flag `--no-mmap`. */
+  mmap: boolean;
   /** Log level for stderr: error | warn | info | debug. Default info. Env `SHIMMY_LOG`. */
   logLevel: "error" | "warn" | "info" | "debug";
 }
@@ -72,6 +86,25 @@ export function physicalCores(): number {
     if (cores.size > 0) return cores.size;
   } catch {}
   return Math.max(1, os.availableParallelism?.() ?? os.cpus().length);
+}
+
+/** Comma-separated items, trimmed, empties dropped. */
+function list(raw: string | undefined): string[] {
+  return (raw ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+}
+
+function truthy(raw: string | undefined): boolean {
+  return ["1", "true", "yes", "on"].includes((raw ?? "").toLowerCase());
+}
+
+/** API keys from a file, one per line (`#` comments and blank lines ignored); RangeError if unreadable. */
+function readKeyFile(file: string | undefined): string[] {
+  if (!file) return [];
+  try {
+    return readFileSync(file, "utf8").split(/\r?\n/).map((l) => l.trim()).filter((l) => l && !l.startsWith("#"));
+  } catch (err) {
+    throw new RangeError(`cannot read the API key file ${file}: ${(err as Error).message}`);
+  }
 }
 
 /** A list of folders: separated by `;` or the platform's path delimiter (`:` on POSIX), and commas. */
@@ -129,7 +162,9 @@ function oneOf<T extends string>(name: string, raw: string | undefined, allowed:
 }
 
 /** Settings given on the command line; undefined means "not given". */
-export type ConfigOverrides = Partial<Omit<Config, "threads" | "ctxSize" | "threadsExplicit" | "chatTemplates" | "maxQueue" | "parallel" | "keepAliveMs" | "maxLoadedModels" | "shutdownGraceMs" | "loras" | "memoryLimit">> & {
+export type ConfigOverrides = Partial<Omit<Config, "threads" | "ctxSize" | "threadsExplicit" | "chatTemplates" | "maxQueue" | "parallel" | "keepAliveMs" | "maxLoadedModels" | "shutdownGraceMs" | "loras" | "memoryLimit" | "maxBodyBytes">> & {
+  apiKeyFile?: string;
+  maxBody?: string;
   threads?: string | number;
   ctxSize?: string | number;
   maxQueue?: string;
@@ -202,6 +237,13 @@ export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, 
     keepAliveMs: parseDuration("--keep-alive", overrides.keepAlive) ?? parseDuration("SHIMMY_KEEP_ALIVE", env.SHIMMY_KEEP_ALIVE) ?? 5 * 60_000,
     maxLoadedModels: parseIntSetting("--max-loaded-models", overrides.maxLoadedModels, 1, 1024) ?? parseIntSetting("SHIMMY_MAX_LOADED_MODELS", env.SHIMMY_MAX_LOADED_MODELS, 1, 1024) ?? 3,
     shutdownGraceMs: parseDuration("--shutdown-grace", overrides.shutdownGrace) ?? parseDuration("SHIMMY_SHUTDOWN_GRACE", env.SHIMMY_SHUTDOWN_GRACE) ?? 10_000,
+    apiKeys: [...new Set([...(overrides.apiKeys ?? []), ...list(env.SHIMMY_API_KEY), ...readKeyFile(overrides.apiKeyFile ?? env.SHIMMY_API_KEY_FILE)])],
+    corsOrigins: overrides.corsOrigins ?? list(env.SHIMMY_CORS_ORIGINS),
+    allowHosts: overrides.allowHosts ?? list(env.SHIMMY_ALLOW_HOSTS),
+    maxBodyBytes: parseBytes("--max-body", overrides.maxBody) ?? parseBytes("SHIMMY_MAX_BODY", env.SHIMMY_MAX_BODY) ?? 10 * 1024 * 1024,
+    logFormat: overrides.logFormat ?? oneOf("SHIMMY_LOG_FORMAT", env.SHIMMY_LOG_FORMAT, ["text", "json"] as const) ?? "text",
+    logPrompts: overrides.logPrompts ?? truthy(env.SHIMMY_LOG_PROMPTS),
+    mmap: overrides.mmap ?? !["0", "false", "no", "off"].includes((env.SHIMMY_MMAP ?? "").toLowerCase()),
     memoryLimit: parseBytes("SHIMMY_MEMORY_LIMIT", env.SHIMMY_MEMORY_LIMIT),
     loras: parseLoras(overrides.loraGguf !== undefined ? "--lora" : "SHIMMY_LORA_GGUF", overrides.loraGguf ?? env.SHIMMY_LORA_GGUF),
     demoModel: overrides.demoModel ?? !["0", "false", "no", "off"].includes((env.SHIMMY_DEMO_MODEL ?? "").toLowerCase()),

@@ -83,3 +83,24 @@ export class OverloadedError extends ShimmyError {
 
 /** A valid request that asks for something this model or build cannot do. */
 export class UnsupportedError extends BadRequestError {}
+
+/** No valid API key. */
+export class UnauthorizedError extends ShimmyError {
+  override readonly status = 401;
+  override readonly type = "invalid_api_key";
+  override readonly exitCode = 1;
+}
+
+/** A foreign origin or a Host that is not allowed. */
+export class ForbiddenError extends ShimmyError {
+  override readonly status = 403;
+  override readonly type = "forbidden";
+  override readonly exitCode = 1;
+}
+
+/** A request body over the limit. */
+export class PayloadTooLargeError extends ShimmyError {
+  override readonly status = 413;
+  override readonly type = "request_too_large";
+  override readonly exitCode = 1;
+}

@@ -24,15 +24,15 @@ export const GenerateRequest = t.Object({
   /** Default 0.95. */
   top_p: t.Optional(t.Number({ minimum: 0, maximum: 1 })),
   /** Default 40; 0 disables. */
-  top_k: t.Optional(t.Integer({ minimum: 0 })),
+  top_k: t.Optional(t.Integer({ minimum: 0, maximum: 1_000_000 })),
   /** Default 0.05; 0 disables. */
   min_p: t.Optional(t.Number({ minimum: 0, maximum: 1 })),
   /** Default 1.0 (off). */
   repeat_penalty: t.Optional(t.Number({ minimum: 0, maximum: 10 })),
   /** Sampling seed; default random. */
-  seed: t.Optional(t.Integer()),
+  seed: t.Optional(t.Integer({ minimum: -2147483648, maximum: 4294967295 })),
   /** Default: until end of generation or the context is full. */
-  max_tokens: t.Optional(t.Integer({ minimum: 1 })),
+  max_tokens: t.Optional(t.Integer({ minimum: 1, maximum: 1_048_576 })),
   /** Stop sequences (at most 16); their text is never sent. */
   stop: t.Optional(t.Union([t.String(), t.Array(t.String(), { maxItems: 16 })])),
   /** Default true: SSE. false: one JSON object. */

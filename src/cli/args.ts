@@ -53,6 +53,14 @@ export function configFrom(args: Flags, rawArgs: readonly string[] = []): Config
       keepAlive: str("keep-alive"),
       maxLoadedModels: str("max-loaded-models"),
       shutdownGrace: str("shutdown-grace"),
+      apiKeys: repeatedFlag(rawArgs, "api-key").length ? repeatedFlag(rawArgs, "api-key") : str("api-key") ? [str("api-key")!] : undefined,
+      apiKeyFile: str("api-key-file"),
+      corsOrigins: str("cors-origins")?.split(",").map((s) => s.trim()).filter(Boolean),
+      allowHosts: str("allow-hosts")?.split(",").map((s) => s.trim()).filter(Boolean),
+      maxBody: str("max-body"),
+      logFormat: str("log-format") as "text" | "json" | undefined,
+      logPrompts: args["log-prompts"] === true ? true : undefined,
+      mmap: args["no-mmap"] === true || args.mmap === false ? false : undefined,
     });
     setLogLevel(config.logLevel);
     if (config.bind !== "auto") parseBind(config.bind);
@@ -76,7 +84,7 @@ export async function engineFrom(config: Config): Promise<Engine> {
     registry.addFile(await ensureDemoModel(config.cacheDir), "demo");
     log.warn(`no model found: using the built-in demo model '${DEMO_MODEL_NAME}' (RANDOM WEIGHTS: its output is gibberish; it is for trying shimmy). Add models with --model-path, SHIMMY_BASE_GGUF or ./models.`);
   }
-  return new Engine(registry, { gpu: config.gpu, threads: config.threads, threadsExplicit: config.threadsExplicit, ctxSize: config.ctxSize, chatTemplate: config.chatTemplate, chatTemplates: config.chatTemplates, maxQueue: config.maxQueue, parallel: config.parallel, keepAliveMs: config.keepAliveMs, maxLoadedModels: config.maxLoadedModels, memoryLimit: config.memoryLimit, cacheDir: config.cacheDir, runtimeDir: config.runtimeDir });
+  return new Engine(registry, { gpu: config.gpu, threads: config.threads, threadsExplicit: config.threadsExplicit, ctxSize: config.ctxSize, chatTemplate: config.chatTemplate, chatTemplates: config.chatTemplates, maxQueue: config.maxQueue, parallel: config.parallel, keepAliveMs: config.keepAliveMs, maxLoadedModels: config.maxLoadedModels, memoryLimit: config.memoryLimit, mmap: config.mmap, cacheDir: config.cacheDir, runtimeDir: config.runtimeDir });
 }
 
 /** Parses an optional integer flag with a range; throws UsageError naming the flag. */

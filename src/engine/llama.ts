@@ -201,7 +201,7 @@ export class NativeBackend {
     await this.checkMemory(entry, contextSize, sequences);
     let model: LlamaModel | undefined;
     try {
-      model = await this.llama.loadModel({ modelPath: entry.path, gpuLayers: this.llama.gpu === false ? 0 : "auto" });
+      model = await this.llama.loadModel({ modelPath: entry.path, gpuLayers: this.llama.gpu === false ? 0 : "auto", useMmap: this.opts.mmap ?? true });
       const threads = !this.opts.threadsExplicit && model.size < SMALL_MODEL_BYTES ? 1 : this.opts.threads;
       const loaded = model;
       const makeContext = (loras: LoraAdapter[]) =>
@@ -637,7 +637,8 @@ export class NativeModel {
       topK: opts.topK ?? 40,
       topP: opts.topP ?? 0.95,
       minP: opts.minP ?? 0.05,
-      seed: opts.seed,
+      // A negative seed (llama.cpp's -1) means random.
+      seed: opts.seed !== undefined && opts.seed >= 0 ? opts.seed : undefined,
       tokenBias,
       repeatPenalty: penalized
         ? { penalty: opts.repeatPenalty ?? 1, frequencyPenalty: opts.frequencyPenalty || undefined, presencePenalty: opts.presencePenalty || undefined, lastTokens: 64 }

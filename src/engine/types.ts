@@ -188,6 +188,8 @@ export interface BackendOptions {
   maxQueue?: number;
   /** Concurrent generations per model (sequences of one context). Default 4. */
   parallel?: number;
+  /** Memory-map model files (default true); false reads them into memory, safe against files changed on disk. */
+  mmap?: boolean;
   /** Bytes a model load may need at most (weights + context estimate); default: the memory available now. */
   memoryLimit?: number;
   /** Cache dir and runtime dir override, for a single-file executable's native files (see runtime.ts). */

@@ -4,11 +4,10 @@
  */
 import type { TSchema } from "@sinclair/typebox";
 import { Elysia } from "elysia";
-import type { Config } from "../config.ts";
-import type { ModelRegistry } from "../engine/registry.ts";
 import { BadRequestError, ShimmyError } from "../errors.ts";
 import { log } from "../log.ts";
-import { errorJson, type ServingEngine } from "./http.ts";
+import { annotate, errorJson, type RequestNote, requestNote, type ServingEngine } from "./http.ts";
+import { DEFAULT_SECURITY, guard, requestId, type SecurityOptions } from "./security.ts";
 import { nativeRoutes } from "./routes/native.ts";
 import { openaiErrorResponse, openaiRoutes } from "./routes/openai.ts";
 import { Metrics } from "./metrics.ts";
@@ -17,8 +16,10 @@ import { opsRoutes } from "./routes/ops.ts";
 
 export interface AppDeps {
   engine: ServingEngine;
-  registry?: ModelRegistry;
-  config?: Partial<Config>;
+  /** Guards (keys, CORS, Host check, body limit); defaults: none of the optional ones, 10 MB bodies. */
+  security?: Partial<SecurityOptions>;
+  /** One log line per request; off unless given. `prompts` adds the prompt text. */
+  requestLog?: { format: "text" | "json"; prompts: boolean };
 }
 
 /** Routes answered in OpenAI's error shape. */
@@ -48,12 +49,55 @@ function validationMessage(error: unknown): string {
   return field ? `invalid field '${field}': ${first.message}` : `invalid request body: ${first.message}`;
 }
 
-export function createApp({ engine }: AppDeps) {
+/** An error as the route's API answers it. */
+function errorFor(path: string, e: ShimmyError): Response {
+  return OPENAI_PATHS.test(path) ? openaiErrorResponse(e) : errorJson(e);
+}
+
+/** One request log line (text or JSON); the prompt only when asked for. */
+function logRequest(format: "text" | "json", prompts: boolean, method: string, path: string, status: number, note: RequestNote): void {
+  const t = note.timings;
+  const ms = note.t0 === undefined ? undefined : Math.round((performance.now() - note.t0) * 10) / 10;
+  const fields = {
+    id: note.id,
+    method,
+    path,
+    status,
+    ms,
+    ...(note.model ? { model: note.model } : {}),
+    ...(t ? { prompt_n: t.promptTokens, cache_n: t.cachedTokens, predicted_n: t.generatedTokens, ttft_ms: Math.round(t.ttftMs), tok_s: Math.round(t.tokensPerSecond * 10) / 10 } : {}),
+    ...(note.finishReason ? { finish: note.finishReason } : {}),
+    ...(prompts && note.prompt !== undefined ? { prompt: note.prompt.length > 500 ? `${note.prompt.slice(0, 500)}...` : note.prompt } : {}),
+  };
+  if (format === "json") process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...fields })}\n`);
+  else log.info(Object.entries(fields).map(([k, v]) => (k === "prompt" ? `${k}=${JSON.stringify(v)}` : `${k}=${v}`)).join(" "));
+}
+
+export function createApp({ engine, security, requestLog }: AppDeps) {
   const metrics = new Metrics(engine);
+  const guards: SecurityOptions = { ...DEFAULT_SECURITY, ...security };
   return new Elysia({ name: "shimmy" })
+    .onRequest(({ request, set }) => {
+      const id = requestId(request);
+      annotate(request, { id, t0: performance.now() });
+      set.headers["x-request-id"] = id;
+      const g = guard(request, guards);
+      Object.assign(set.headers, g.headers);
+      if (g.preflight) return new Response(null, { status: 204, headers: { ...g.preflight, "X-Request-Id": id } });
+      if (g.error) {
+        const path = new URL(request.url).pathname;
+        const res = errorFor(path, g.error);
+        for (const [k, v] of Object.entries({ ...g.headers, "X-Request-Id": id })) res.headers.set(k, v);
+        // Refused before routing: after-response hooks do not run, so count and log here.
+        metrics.countRequest(request.method, "refused", res.status);
+        if (requestLog) logRequest(requestLog.format, requestLog.prompts, request.method, path, res.status, requestNote(request));
+        return res;
+      }
+    })
     .onAfterResponse(({ request, route, set, responseValue }) => {
       const status = responseValue instanceof Response ? responseValue.status : typeof set.status === "number" ? set.status : 200;
       metrics.countRequest(request.method, route || "unmatched", status);
+      if (requestLog) logRequest(requestLog.format, requestLog.prompts, request.method, new URL(request.url).pathname, status, requestNote(request));
     })
     .onError(({ code, error, request }) => {
       // One table: every failure becomes a ShimmyError, answered in the shape of the route's API.
@@ -69,7 +113,7 @@ export function createApp({ engine }: AppDeps) {
         log.error(`unhandled error on ${request.method} ${request.url}: ${(error as Error)?.stack ?? error}`);
         e = new InternalError((error as Error)?.message ?? "internal error");
       }
-      return OPENAI_PATHS.test(path) ? openaiErrorResponse(e) : errorJson(e);
+      return errorFor(path, e);
     })
     .use(opsRoutes(engine, metrics))
     .use(nativeRoutes(engine))

@@ -74,7 +74,8 @@ export function wireTimings(t: Timings): WireTimings {
  * model, load failure, prompt too long) surface as a thrown ShimmyError the route can answer with a
  * status. Returns an iterator that yields that first event again, then the rest.
  */
-export async function startGeneration(engine: ServingEngine, model: string, opts: GenerateOptions): Promise<AsyncGenerator<TokenEvent, void, undefined>> {
+export async function startGeneration(engine: ServingEngine, model: string, opts: GenerateOptions, request?: Request): Promise<AsyncGenerator<TokenEvent, void, undefined>> {
+  if (request) annotate(request, { model, prompt: opts.prompt ?? opts.messages?.findLast((m) => m.role === "user")?.content });
   const it = engine.generate(model, opts);
   let first: IteratorResult<TokenEvent, void>;
   try {
@@ -82,11 +83,18 @@ export async function startGeneration(engine: ServingEngine, model: string, opts
   } catch (err) {
     throw toShimmyError(err);
   }
+  const note = (ev: TokenEvent) => {
+    if (request && ev.type === "done") annotate(request, { model: ev.model, finishReason: ev.finishReason, timings: ev.timings });
+  };
   return (async function* () {
     try {
       if (first.done) return;
+      note(first.value);
       yield first.value;
-      yield* it;
+      for await (const ev of it) {
+        note(ev);
+        yield ev;
+      }
     } finally {
       await it.return(undefined);
     }
@@ -114,4 +122,25 @@ export async function parseJsonBody({ request }: { request: Request }): Promise<
   }
   if (value === null || typeof value !== "object" || Array.isArray(value)) throw new BadRequestError("request body must be a JSON object");
   return value;
+}
+
+/** What the request log says about a request beyond method, route and status. */
+export interface RequestNote {
+  id?: string;
+  t0?: number;
+  model?: string;
+  prompt?: string;
+  finishReason?: string;
+  timings?: Timings;
+}
+
+const notes = new WeakMap<Request, RequestNote>();
+
+/** Adds facts about a request for its log line. */
+export function annotate(request: Request, note: RequestNote): void {
+  notes.set(request, { ...notes.get(request), ...note });
+}
+
+export function requestNote(request: Request): RequestNote {
+  return notes.get(request) ?? {};
 }

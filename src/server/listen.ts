@@ -17,9 +17,22 @@ export function parseBind(bind: string): { hostname: string; port: number } {
   return { hostname: m[1] ?? (m[2] || "127.0.0.1"), port };
 }
 
-function tryListen(app: App, hostname: string, port: number): Listening | undefined {
+/** Whether a bind host is loopback only (127.0.0.0/8, ::1, localhost). */
+export function isLoopbackHost(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+interface ListenOptions {
+  /** Bodies larger than this are refused by the socket layer (413), chunked ones included. */
+  maxBodyBytes?: number;
+}
+
+function tryListen(app: App, hostname: string, port: number, opts: ListenOptions): Listening | undefined {
   try {
-    app.listen({ hostname, port, idleTimeout: 255, reusePort: false });
+    // idleTimeout: seconds a connection may stay silent (Bun's maximum); a stalled client is dropped.
+    // The body limit proper is checked per request (a 413 in the API's error shape); the socket layer
+    // refuses only bodies well past it (chunked ones included), as a backstop.
+    app.listen({ hostname, port, idleTimeout: 255, reusePort: false, ...(opts.maxBodyBytes ? { maxRequestBodySize: opts.maxBodyBytes + 1024 * 1024 } : {}) });
   } catch (err) {
     if (/EADDRINUSE|in use|Failed to start server/i.test(String((err as Error).message ?? err))) return undefined;
     throw err;
@@ -29,18 +42,18 @@ function tryListen(app: App, hostname: string, port: number): Listening | undefi
   return { url: `http://${host}:${server.port}`, hostname, port: server.port!, stop: async () => void (await app.stop(true)) };
 }
 
-export function listen(app: App, bind: string): Listening {
+export function listen(app: App, bind: string, opts: ListenOptions = {}): Listening {
   if (bind !== "auto") {
     const { hostname, port } = parseBind(bind);
-    const l = tryListen(app, hostname, port);
+    const l = tryListen(app, hostname, port, opts);
     if (!l) throw new UsageError(`cannot bind ${bind}: address in use`);
     return l;
   }
   for (let port = 11435; port <= 11535; port++) {
-    const l = tryListen(app, "127.0.0.1", port);
+    const l = tryListen(app, "127.0.0.1", port, opts);
     if (l) return l;
   }
-  const l = tryListen(app, "127.0.0.1", 0);
+  const l = tryListen(app, "127.0.0.1", 0, opts);
   if (!l) throw new UsageError("cannot bind any port on 127.0.0.1");
   return l;
 }

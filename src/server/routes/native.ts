@@ -36,7 +36,7 @@ export const nativeRoutes = (engine: ServingEngine) =>
       async function* ({ body, request, set }) {
         let events;
         try {
-          events = await startGeneration(engine, body.model, toGenerateOptions(body, request.signal));
+          events = await startGeneration(engine, body.model, toGenerateOptions(body, request.signal), request);
         } catch (err) {
           return settle(set, errorJson(err));
         }
@@ -66,6 +66,9 @@ export const nativeRoutes = (engine: ServingEngine) =>
       { body: GenerateRequest, parse: parseJsonBody },
     )
     .ws("/ws/generate", {
+      // A frame larger than this closes the socket (1009); a silent socket is closed after 2 minutes.
+      maxPayloadLength: 1024 * 1024,
+      idleTimeout: 120,
       open(ws) {
         sockets.set(ws.raw, { controller: undefined });
       },

@@ -15,7 +15,7 @@ import {
 } from "../../api/openai.ts";
 import type { ChatMessage, GenerateOptions, ResponseFormat, Timings, TokenEvent, TokenLogprob, ToolCall, ToolChoice } from "../../engine/types.ts";
 import { normalizeModelName } from "../../engine/registry.ts";
-import { BadRequestError, ModelNotFoundError, OverloadedError, PromptTooLongError, toShimmyError } from "../../errors.ts";
+import { BadRequestError, ModelNotFoundError, OverloadedError, PromptTooLongError, toShimmyError, UnauthorizedError } from "../../errors.ts";
 import { log } from "../../log.ts";
 import { settle, errorHeaders, keepAliveOption, parseJsonBody, type ServingEngine, sseEvent, startGeneration, wireTimings } from "../http.ts";
 
@@ -34,7 +34,8 @@ export function openaiErrorBody(err: unknown, promptParam = "messages"): { statu
   } else if (e instanceof OverloadedError) {
     code = "overloaded";
     type = "server_error";
-  } else if (e.status >= 500) code = e.type;
+  } else if (e instanceof UnauthorizedError) code = "invalid_api_key";
+  else if (e.status === 403 || e.status === 413) code = e.type; else if (e.status >= 500) code = e.type;
   return { status: e.status, body: { error: { message: e.message, type, param, code } } };
 }
 
@@ -174,7 +175,7 @@ export const openaiRoutes = (engine: ServingEngine) =>
       async function* ({ body, request, set }) {
         let events: AsyncGenerator<TokenEvent, void, undefined>;
         try {
-          events = await startGeneration(engine, body.model, chatOptions(body, request.signal));
+          events = await startGeneration(engine, body.model, chatOptions(body, request.signal), request);
         } catch (err) {
           return settle(set, openaiErrorResponse(err));
         }
@@ -254,14 +255,14 @@ export const openaiRoutes = (engine: ServingEngine) =>
         let first: AsyncGenerator<TokenEvent, void, undefined>;
         try {
           opts = { ...samplingOptions(body, request.signal), logprobs: logprobsOption(body, false) };
-          first = await startGeneration(engine, body.model, { ...opts, prompt: prompts[0] });
+          first = await startGeneration(engine, body.model, { ...opts, prompt: prompts[0] }, request);
         } catch (err) {
           return settle(set, openaiErrorResponse(err, "prompt"));
         }
         // Each prompt of an array is one choice, generated in turn.
         const runs = async function* () {
           yield first;
-          for (const prompt of prompts.slice(1)) yield await startGeneration(engine, body.model, { ...opts, prompt });
+          for (const prompt of prompts.slice(1)) yield await startGeneration(engine, body.model, { ...opts, prompt }, request);
         };
         if (!body.stream) {
           try {
