@@ -367,14 +367,16 @@ describe("list --json over a realistic HOME", () => {
     expect(m.path).toBe(path.join(home, ".cache", "huggingface", "hub", "models--org--repo", "snapshots", P.revNew!, "model-q8.gguf"));
     expect(list.some((e) => e.path.includes(P.revOld!))).toBe(false);
     expect(list.some((e) => e.name.startsWith("old-only") || e.name.startsWith("stale") || e.name.startsWith("dataset"))).toBe(false);
-    expect(list.filter((e) => e.source === "huggingface").map((e) => e.name)).toEqual(["model-q8", "fresh"]);
+    // Repos in name order (models--org--norefs, models--org--repo).
+    expect(list.filter((e) => e.source === "huggingface").map((e) => e.name)).toEqual(["fresh", "model-q8"]);
   });
 
   test("Ollama: names as `ollama list` shows them, the blob as path, the adapter layer as LoRA; missing blob and bad manifest skipped", () => {
     expect(byName("tinyllama:latest").path).toBe(P.tinyllamaBlob!);
     expect(byName("styled:latest").loras).toEqual([{ path: P.ollamaAdapter!, scale: 1 }]);
     expect(byName("tinyllama:latest").loras).toBeUndefined();
-    expect(list.filter((e) => e.source === "ollama").map((e) => e.name)).toEqual(["hf.co/someorg/somerepo-gguf:q8_0", "someone/coder:7b", "styled:latest", "tinyllama:latest"]);
+    // Manifests in path order: hf.co/..., registry.ollama.ai/library/..., registry.ollama.ai/someone/...
+    expect(list.filter((e) => e.source === "ollama").map((e) => e.name)).toEqual(["hf.co/someorg/somerepo-gguf:q8_0", "styled:latest", "tinyllama:latest", "someone/coder:7b"]);
     expect(list.some((e) => e.name.startsWith("ghost") || e.name.startsWith("corrupt"))).toBe(false);
   });
 
@@ -472,8 +474,8 @@ describe("list --short, list table, discover", () => {
     expect(d.problems.length).toBe(7);
     const text = await cli(["discover", "--llm-only"]);
     expect(text.code).toBe(0);
-    expect(text.stdout).not.toContain("ADAPTERS");
-    expect(text.stdout).not.toContain("file-lora");
+    expect(text.stdout).not.toContain("ADAPTERS (");
+    expect(text.stdout).not.toContain("orphan-lora");
     expect(text.stdout).toContain("PROBLEMS (7)");
   });
 
@@ -598,6 +600,8 @@ describe("serving", () => {
     const home2 = path.join(scratch, "home2");
     const cwd3 = path.join(scratch, "cwd3");
     await tiny(40)(path.join(cwd3, "models", "first.gguf"));
+    const ollama2 = path.join(home2, ".ollama", "models");
+    ollamaManifest(ollama2, "registry.ollama.ai/someone/coder/7b", [{ mediaType: MODEL_LAYER, hex: await blob(path.join(ollama2, "blobs"), "sha256-", tiny(42)) }]);
     const src = path.join(scratch, "late-src.gguf");
     await tiny(41)(src);
     const registry = new ModelRegistry({ modelDirs: [] }, cwd3, { env: { HOME: home2 } });
@@ -608,8 +612,11 @@ describe("serving", () => {
       const get = async (p: string) => (await fetch(`${server!.url}${p}`)).json() as Promise<any>;
       const apiNames = async () => ((await get("/api/models")).models as Array<{ name: string }>).map((m) => m.name);
       const v1Names = async () => ((await get("/v1/models")).data as Array<{ id: string }>).map((m) => m.id);
-      expect(await apiNames()).toEqual(["first"]);
-      expect(await v1Names()).toEqual(["first"]);
+      expect(await apiNames()).toEqual(["first", "someone/coder:7b"]);
+      expect(await v1Names()).toEqual(["first", "someone/coder:7b"]);
+      // A name with a slash works in per-model routes once percent-encoded (as HTTP clients send it).
+      expect(await get(`/api/models/${encodeURIComponent("someone/coder:7b")}/status`)).toMatchObject({ name: "someone/coder:7b", state: "unloaded" });
+      expect(await get(`/v1/models/${encodeURIComponent("someone/coder:7b")}`)).toMatchObject({ id: "someone/coder:7b", object: "model" });
 
       // Into a root that did not even exist when the server started (LM Studio's folder).
       const late = path.join(home2, ".lmstudio", "models", "pub", "repo", "late-model.gguf");
@@ -648,6 +655,41 @@ describe("serving", () => {
     } finally {
       await server?.stop();
       await engine.close();
+    }
+  });
+});
+
+describe("known bugs (test.failing until fixed in src/)", () => {
+  // registry.ts doScan builds `items` as all single files first, then every split set, so names are
+  // handed out out of root order: a split set in ./models loses its name to a same-stem file found in
+  // a later root (LM Studio), against "the later one gets @source". Fix: keep one item list in
+  // candidate order, inserting each split set where its first part was met.
+  test.failing("a split set in an earlier root keeps its name over a same-stem file in a later root", async () => {
+    const d = path.join(scratch, "bug-split");
+    await writeSplitModel(path.join(d, "cwd", "models"), "dup", 50);
+    await tiny(51)(path.join(d, "home", ".lmstudio", "models", "p", "r", "dup.gguf"));
+    const list = await listJson({ cwd: path.join(d, "cwd"), env: { HOME: path.join(d, "home") } });
+    expect(list.map((e) => [e.name, e.source])).toEqual([
+      ["dup", "dir"],
+      ["dup@lmstudio", "lmstudio"],
+    ]);
+  });
+
+  // discovery.ts scanOllama trusts the manifest's shape: valid JSON that is not {layers: [{digest:
+  // string}]} throws out of scanOllama, scanRoot catches it for the whole root, and every Ollama model
+  // disappears (discover shows the root's error). Fix: per manifest, skip unless
+  // `manifest && Array.isArray(manifest.layers)`, and ignore layers whose digest is not a string
+  // (or wrap each manifest's handling in try/catch, logging at debug like the JSON.parse failure).
+  test.failing("one malformed Ollama manifest does not hide the other Ollama models", () => {
+    for (const [i, bad] of ["null", '{"layers":{}}', '{"layers":[null]}', `{"layers":[{"mediaType":"${MODEL_LAYER}","digest":5}]}`].entries()) {
+      const root = path.join(scratch, `bug-ollama-${i}`);
+      mkdirSync(path.join(root, "blobs"), { recursive: true });
+      writeFileSync(path.join(root, "blobs", `sha256-${"a".repeat(64)}`), "x");
+      ollamaManifest(root, "registry.ollama.ai/library/good/latest", [{ mediaType: MODEL_LAYER, hex: "a".repeat(64) }]);
+      mkdirSync(path.join(root, "manifests", "registry.ollama.ai", "library", "zbad"), { recursive: true });
+      writeFileSync(path.join(root, "manifests", "registry.ollama.ai", "library", "zbad", "latest"), bad);
+      const r = scanRoot({ kind: "ollama", path: root });
+      expect({ bad, error: r.report.error, names: r.candidates.map((c) => c.name) }).toEqual({ bad, error: undefined, names: ["good:latest"] });
     }
   });
 });
