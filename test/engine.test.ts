@@ -339,6 +339,41 @@ describe("engine", () => {
     expect(refused.status).toBe(503);
   });
 
+  test("model files changed on disk while loaded: deleted or replaced is harmless; with mmap off, truncated too", async () => {
+    const { Engine } = await import("../src/engine/engine.ts");
+    const { ModelRegistry } = await import("../src/engine/registry.ts");
+    const fs = require("node:fs");
+    const dir = path.join(fx.dir, "changing");
+    fs.mkdirSync(dir);
+    const file = path.join(dir, "m.gguf");
+    copyFileSync(fx.tiny, file);
+    const e = new Engine(new ModelRegistry({ modelDirs: [dir] }, dir, { roots: [{ kind: "dir", path: dir }] }), { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: 512, chatTemplate: "auto", mmap: false });
+    try {
+      const before = await e.complete("m", { prompt: "hello", ...greedy, maxTokens: 8 });
+      // Truncated in place while loaded (with mmap this would be SIGBUS): the weights are in memory.
+      fs.truncateSync(file, 1000);
+      const after = await e.complete("m", { prompt: "hello", ...greedy, maxTokens: 8 });
+      expect(after.text).toBe(before.text);
+      // The next load of that file is refused with the problem, not handed to llama.cpp.
+      await e.unload("m");
+      const err = await e.load("m").catch((x) => x);
+      expect(err.status).toBe(502);
+      expect(err.message).toMatch(/not a readable GGUF file|truncated/);
+      // Deleted while loaded (mmap on, the default): the mapping keeps the old file alive.
+      copyFileSync(fx.tiny, file);
+      const mm = new Engine(new ModelRegistry({ modelDirs: [dir] }, dir, { roots: [{ kind: "dir", path: dir }] }), { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: 512, chatTemplate: "auto" });
+      try {
+        await mm.load("m");
+        fs.rmSync(file);
+        expect((await mm.complete("m", { prompt: "hello", ...greedy, maxTokens: 8 })).text).toBe(before.text);
+      } finally {
+        await mm.close();
+      }
+    } finally {
+      await e.close();
+    }
+  });
+
   test("a prompt longer than the context is refused before generating", async () => {
     const small = makeEngine({ dir: fx.dir, ctxSize: 256 });
     try {
