@@ -123,22 +123,26 @@ function scanOllama(root: string): Candidate[] {
   collect(manifests, 0);
   for (const file of files.sort()) {
     const [host, ns, model, tag] = path.relative(manifests, file).split(path.sep) as [string, string, string, string];
-    let manifest: { layers?: Array<{ mediaType?: string; digest?: string }> };
+    let manifest: unknown;
     try {
       manifest = JSON.parse(readFileSync(file, "utf8"));
     } catch (err) {
       log.debug(`discovery: unreadable Ollama manifest ${file}: ${(err as Error).message}`);
       continue;
     }
-    const blob = (digest?: string) => (digest ? path.join(root, "blobs", digest.replace(":", "-")) : undefined);
-    const layer = manifest.layers?.find((l) => l.mediaType === "application/vnd.ollama.image.model");
-    const modelBlob = blob(layer?.digest);
+    // Keep only well-formed layers: one odd manifest must not hide the others.
+    const rawLayers = (manifest as { layers?: unknown } | null)?.layers;
+    if (!Array.isArray(rawLayers)) continue;
+    const layers = rawLayers.filter((l): l is { mediaType: string; digest: string } => !!l && typeof l === "object" && typeof l.mediaType === "string" && typeof l.digest === "string" && /^sha256[:-][0-9a-f]+$/i.test(l.digest));
+    const blob = (digest: string) => path.join(root, "blobs", digest.replace(":", "-"));
+    const layer = layers.find((l) => l.mediaType === "application/vnd.ollama.image.model");
+    const modelBlob = layer ? blob(layer.digest) : undefined;
     if (!modelBlob || !existsSync(modelBlob)) continue;
     // As `ollama list` shows it: library models as `model:tag`, others with their namespace/host.
     const name = host === "registry.ollama.ai" ? (ns === "library" ? `${model}:${tag}` : `${ns}/${model}:${tag}`) : `${host}/${ns}/${model}:${tag}`;
-    const adapters = (manifest.layers ?? [])
+    const adapters = layers
       .filter((l) => l.mediaType === "application/vnd.ollama.image.adapter")
-      .map((l) => blob(l.digest)!)
+      .map((l) => blob(l.digest))
       .filter((p) => existsSync(p));
     out.push({ file: modelBlob, source: "ollama", root, name, ...(adapters.length ? { adapters } : {}) });
   }

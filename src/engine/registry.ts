@@ -149,15 +149,17 @@ export class ModelRegistry {
     }
 
     // Split sets: one entry per set, at its first part; incomplete sets carry a problem.
+    // One ordered list of single files and split sets, in the order they were found (root order).
     const sets = new Map<string, { parts: Map<number, string>; total: number; first: Candidate }>();
-    const singles: Candidate[] = [];
+    const order: Array<Candidate | string> = [];
     for (const c of candidates) {
       const part = splitPart(c.file);
       if (!part) {
-        singles.push(c);
+        order.push(c);
         continue;
       }
       const key = `${path.dirname(c.file)}/${part.base}/${part.total}`;
+      if (!sets.has(key)) order.push(key);
       const set = sets.get(key) ?? { parts: new Map(), total: part.total, first: c };
       set.parts.set(part.index, c.file);
       if (part.index === 1) set.first = c;
@@ -165,8 +167,13 @@ export class ModelRegistry {
     }
 
     type Item = { c: Candidate; shards?: string[]; problem?: string; meta?: ModelMeta };
-    const items: Item[] = singles.map((c) => ({ c }));
-    for (const set of sets.values()) {
+    const items: Item[] = [];
+    for (const entry of order) {
+      if (typeof entry !== "string") {
+        items.push({ c: entry });
+        continue;
+      }
+      const set = sets.get(entry)!;
       const shards = [...Array(set.total)].map((_, i) => set.parts.get(i + 1));
       const missing = shards.map((s, i) => (s ? 0 : i + 1)).filter(Boolean);
       const first = set.parts.get(1) ?? set.first.file;
