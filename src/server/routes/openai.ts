@@ -320,10 +320,12 @@ export const openaiRoutes = (engine: ServingEngine) =>
       // Loadable models only: broken files and incomplete split sets are in /api/models with their problem.
       data: (await engine.list()).filter((m) => !m.problem).map((m) => ({ id: m.name, object: "model", created: Math.floor(modelCreated(m.path) / 1000), owned_by: "shimmy" })),
     }))
-    .get("/v1/models/:id", async ({ params, set }) => {
+    // A wildcard: Ollama-style ids may hold a slash (`someone/coder:7b`).
+    .get("/v1/models/*", async ({ params, set }) => {
+      const id = decodeURIComponent(params["*"]);
       const all = (await engine.list()).filter((e) => !e.problem);
-      const m = all.find((e) => normalizeModelName(e.name) === normalizeModelName(params.id));
-      if (!m) return settle(set, openaiErrorResponse(new ModelNotFoundError(params.id, all.map((e) => e.name))));
+      const m = all.find((e) => normalizeModelName(e.name) === normalizeModelName(id));
+      if (!m) return settle(set, openaiErrorResponse(new ModelNotFoundError(id, all.map((e) => e.name))));
       return { id: m.name, object: "model", created: Math.floor(modelCreated(m.path) / 1000), owned_by: "shimmy" };
     })
     .post(
