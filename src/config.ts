@@ -182,13 +182,17 @@ export function parseDuration(name: string, raw: string | number | undefined): n
   if (raw === undefined || raw === "") return undefined;
   if (typeof raw === "number") {
     if (!Number.isFinite(raw)) throw new RangeError(`${name} must be a duration such as 30s, 5m, 1h, 0 or -1, got '${raw}'`);
-    return raw < 0 ? -1 : raw * 1000;
+    if (raw < 0) return -1;
+    if (!Number.isSafeInteger(Math.round(raw * 1000))) throw new RangeError(`${name} is too long: ${raw} s (use -1 for forever)`);
+    return Math.round(raw * 1000);
   }
   const m = String(raw).trim().match(/^(-?\d+(?:\.\d+)?)(ms|s|m|h)?$/);
   if (!m) throw new RangeError(`${name} must be a duration such as 30s, 5m, 1h, 0 or -1, got '${raw}'`);
   const n = Number(m[1]);
   if (n < 0) return -1;
-  return Math.round(n * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? "s") as "ms" | "s" | "m" | "h"]);
+  const ms = Math.round(n * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? "s") as "ms" | "s" | "m" | "h"]);
+  if (!Number.isSafeInteger(ms)) throw new RangeError(`${name} is too long: '${raw}' (use -1 for forever)`);
+  return ms;
 }
 
 /** `1073741824`, `512M`, `8G`: bytes. */

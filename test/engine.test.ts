@@ -294,7 +294,8 @@ describe("engine", () => {
       await e.setLora("tiny", []);
       expect((await e.complete("tiny", { prompt: "hello world", ...greedy, maxTokens: 16 })).text).toBe(bare.text);
       const bad = await e.setLora("tiny", [{ path: fx.tiny, scale: 1 }]).catch((x) => x);
-      expect(bad.message).toContain("is not a LoRA adapter");
+      expect(bad.status).toBe(400);
+      expect(bad.message).toContain("unknown LoRA adapter");
     } finally {
       await e.close();
     }

@@ -195,6 +195,9 @@ const POST_ROUTES: PostRoute[] = [
   { path: "/api/models/tiny/lora", base: { adapters: [] }, fields: ["adapters"] },
 ];
 
+/** Percent-escapes that do not decode (bad UTF-8, truncated, not hex). */
+const INVALID_ESCAPES = ["%FF%FE", "%E0%A4%A", "%", "%zz", "%C0%AF"];
+
 const GET_PATHS = ["/api/models", "/api/ps", "/api/models/tiny/status", "/health", "/diag", "/metrics", "/v1/models", "/v1/models/tiny", "/ws/generate"];
 const ALL_PATHS = [...POST_ROUTES.map((r) => r.path), "/api/models/tiny/load", "/api/models/tiny/unload", ...GET_PATHS];
 
@@ -203,6 +206,8 @@ const VALUES = [
   "null", "true", "false", "0", "-1", "1.5", "-0", "1e308", "-1e308", "1e999", "-1e999", "NaN", "Infinity", "-Infinity",
   "18446744073709551616", "-18446744073709551616", "9007199254740993", '"str"', '""', '"\\u0000"', '"a\\u0000b"', '"\\ud800"',
   "[]", "{}", "[1]", '["a"]', "[null]", '{"a":1}', '[{"role":"user"}]', '"1"', '"-1"', '"1e308"', "[[[]]]",
+  // Nested 300 deep (10,000 deep is a known bug: see the end of the file).
+  "[".repeat(300) + "]".repeat(300), '{"a":'.repeat(300) + "1" + "}".repeat(300),
 ];
 
 /**
@@ -272,7 +277,9 @@ describe("fuzz: HTTP", () => {
       [`${nest} open [`, "[".repeat(nest)],
       [`${nest} nested arrays`, "[".repeat(nest) + "]".repeat(nest)],
       [`${nest} open {`, '{"a":'.repeat(nest)],
-      [`${nest} nested objects`, '{"a":'.repeat(nest) + "1" + "}".repeat(nest)],
+      // Closed deep nesting that parses: 300 levels here (10,000 is a known bug: see the end of the file).
+      ["300 nested objects", '{"a":'.repeat(300) + "1" + "}".repeat(300)],
+      ["a field of 300 nested arrays", `{"model":${"[".repeat(300)}${"]".repeat(300)}}`],
       ["invalid UTF-8 bytes", bytes([0xff, 0xfe, 0xfd])],
       ["invalid UTF-8 in a JSON string", bytes('{"model":"', [0xc3, 0x28, 0xa0, 0xa1, 0xf0, 0x28, 0x8c, 0xbc], '"}')],
       ["overlong UTF-8 encoding of {", bytes([0xc0, 0xbb])],
@@ -280,12 +287,19 @@ describe("fuzz: HTTP", () => {
       ["NUL bytes only", new Uint8Array(64)],
       ["random bytes", new Uint8Array(Array.from({ length: 256 }, (_, i) => (i * 7919 + 13) & 0xff))],
     ];
+    const rnd = prng(0xbad);
     const found: string[] = [];
-    for (const route of POST_ROUTES)
-      for (const [what, body] of bodies) await probe(found, "POST", route.path, body, [400], { label: `POST ${route.path} <${what}>` });
+    // Every body on the two main routes; a seeded sample of them on the others.
+    for (const route of POST_ROUTES) {
+      const some = ["/api/generate", "/v1/chat/completions"].includes(route.path) ? bodies : rnd.sample(bodies, 14);
+      for (const [what, body] of some) await probe(found, "POST", route.path, body, [400], { label: `POST ${route.path} <${what}>` });
+    }
+    // 10,000 levels of nested objects are cheap where the schema drops unknown fields (see the known bugs).
+    const deepObject = '{"a":'.repeat(nest) + "1" + "}".repeat(nest);
+    for (const path of ["/api/generate", "/tokenize"]) await probe(found, "POST", path, deepObject, [400], { label: `POST ${path} <${nest} nested objects>` });
     // load reads an optional body of its own: malformed JSON is 400 (`null` is a known bug: see below).
     const text = (b: Body) => (b instanceof Uint8Array ? new TextDecoder().decode(b) : typeof b === "string" ? b : "");
-    for (const [what, body] of bodies.filter(([, b]) => text(b).trim() && !isJson(text(b))))
+    for (const [what, body] of rnd.sample(bodies.filter(([, b]) => text(b).trim() && !isJson(text(b))), 12))
       await probe(found, "POST", "/api/models/tiny/load", body, [400], { label: `POST load <${what}>` });
     expect(found).toEqual([]);
     await expectServing();
@@ -298,7 +312,7 @@ describe("fuzz: HTTP", () => {
     for (const route of POST_ROUTES) {
       for (const field of route.fields) {
         const pool = VALUES.filter((v) => !AVOID[field]?.has(v));
-        for (const raw of rnd.sample(pool, 4)) {
+        for (const raw of rnd.sample(pool, 2)) {
           const body = withField(route.base, field, raw);
           // Text the parser refuses is 400; otherwise whatever the route makes of it, but never 5xx.
           const allowed = isJson(body) ? [200, 400, 404] : [400];
@@ -307,7 +321,7 @@ describe("fuzz: HTTP", () => {
         }
       }
     }
-    expect(sent).toBeGreaterThan(300);
+    expect(sent).toBe(2 * POST_ROUTES.reduce((n, r) => n + r.fields.length, 0));
     expect(found).toEqual([]);
     await expectServing();
   });
@@ -455,9 +469,9 @@ describe("fuzz: HTTP", () => {
       // The other of GET / POST. (POST to unload would unload; it is a POST route, so it is never sent here.)
       if (postPaths.has(path)) await probe(found, "GET", path, undefined, [404, 405]);
       else await probe(found, "POST", path, '{"model":"tiny","prompt":"hi"}', [404, 405]);
-      // OPTIONS without an Origin is no preflight.
-      await probe(found, "OPTIONS", path, undefined, [404, 405]);
     }
+    // OPTIONS without an Origin is no preflight.
+    for (const path of ["/api/generate", "/v1/chat/completions", "/v1/models", "/health", "/ws/generate"]) await probe(found, "OPTIONS", path, undefined, [404, 405]);
     // Unknown paths near the real ones.
     for (const path of ["/", "/api", "/api/", "/api/generate/", "/api/generatex", "/API/GENERATE", "/v1", "/v1/", "/v1/chat", "/v1/models/tiny/extra", "/api/models/tiny", "/api/models/tiny/", "/api/models//status", "/tokenize/x", "/%", "/%zz", "/%00", "/health%00"])
       await probe(found, "GET", path, undefined, [404, 405]);
@@ -475,7 +489,7 @@ describe("fuzz: HTTP", () => {
     const check = (r: Reply, label: string) => {
       if (leaked.test(r.text)) found.push(`${label}: response shows file contents: ${short(r.text)}`);
     };
-    for (const name of names) {
+    for (const [i, name] of names.entries()) {
       const seg = encodeURIComponent(name);
       for (const op of ["status", "load", "unload", "lora"]) {
         const method = op === "status" ? "GET" : "POST";
@@ -491,7 +505,8 @@ describe("fuzz: HTTP", () => {
         ["/tokenize", { model: name, content: "hi" }],
         ["/detokenize", { model: name, tokens: [1] }],
       ];
-      for (const [path, body] of bodies) check(await probe(found, "POST", path, JSON.stringify(body), [404], { message: /not found/ }), `${path} ${name}`);
+      // Two body routes per name, in rotation: every route sees several names.
+      for (const [path, body] of bodies.filter((_, j) => j === i % bodies.length || j === (i + 3) % bodies.length)) check(await probe(found, "POST", path, JSON.stringify(body), [404], { message: /not found/ }), `${path} ${name}`);
     }
     // `.` and `..` cannot be path segments (the URL resolves them), but can be body names.
     for (const name of [".", ".."]) {
@@ -525,11 +540,13 @@ describe("fuzz: HTTP", () => {
     // Long model names in the path (under Bun's URL limit).
     await probe(found, "GET", `/v1/models/${"a".repeat(8000)}`, undefined, [404], { message: /not found/ });
     await probe(found, "GET", `/api/models/${"%41".repeat(4000)}/status`, undefined, [404], { message: /not found/ });
-    // Invalid percent-encoding in a path parameter.
-    for (const seg of ["%FF%FE", "%E0%A4%A", "%", "%zz", "%C0%AF"]) {
+    // Invalid percent-encoding in a path parameter (on /v1/models/{id}: a known bug, see the end of the file).
+    for (const seg of INVALID_ESCAPES) {
       await probe(found, "GET", `/api/models/${seg}/status`, undefined, [400, 404]);
-      await probe(found, "GET", `/v1/models/${seg}`, undefined, [400, 404]);
+      await probe(found, "POST", `/api/models/${seg}/unload`, undefined, [400, 404]);
     }
+    // Ollama-style ids with a slash, encoded or not, and double-encoded escapes: unknown models.
+    for (const seg of ["a/b", "a%2Fb", "%2525", "%252F", "tiny/"]) await probe(found, "GET", `/v1/models/${seg}`, undefined, [404], { message: /not found/ });
     expect(found).toEqual([]);
     await expectServing();
   });
@@ -546,11 +563,10 @@ describe("fuzz: HTTP", () => {
     await expectServing();
   });
 
-  test("documented: a LoRA path that is not a LoRA GGUF is a 502 in the native shape", async () => {
-    // README: "a file that is not a LoRA GGUF is a 502". Clients name paths here (see the report).
+  test("documented: a LoRA path shimmy does not know (any file, existing or not) is a 400 that reveals nothing", async () => {
     const found: string[] = [];
-    for (const adapters of [["/nonexistent/adapter.gguf"], [fx.tiny], ["x:1e999"]])
-      await probe(found, "POST", "/api/models/tiny/lora", JSON.stringify({ adapters }), [502], { message: /GGUF|adapter/ });
+    for (const adapters of [["/nonexistent/adapter.gguf"], [fx.tiny], ["x:1e999"], ["/etc/passwd"]])
+      await probe(found, "POST", "/api/models/tiny/lora", JSON.stringify({ adapters }), [400], { message: /unknown LoRA adapter/ });
     expect(found).toEqual([]);
     // The bare model is still served.
     expect(JSON.parse((await send("POST", "/api/models/tiny/lora", '{"adapters":[]}')).text).loras).toEqual([]);
@@ -664,6 +680,8 @@ describe("fuzz: WebSocket /ws/generate", () => {
       ["Infinity literal", '{"model":"tiny","prompt":"x","max_tokens":Infinity}', /JSON/],
       ["10000 open [", "[".repeat(10_000), /JSON/],
       ["10000 nested arrays", "[".repeat(10_000) + "]".repeat(10_000)],
+      ["prompt of 10000 nested arrays", `{"model":"tiny","prompt":${"[".repeat(10_000)}${"]".repeat(10_000)}}`],
+      ["10000 nested objects", '{"a":'.repeat(10_000) + "1" + "}".repeat(10_000), /'model'/],
       ["null", "null"],
       ["number", "42"],
       ["true", "true"],
@@ -796,45 +814,29 @@ describe("fuzz: WebSocket /ws/generate", () => {
 });
 
 // ---------------------------------------------------------------------------------------------
-// Confirmed bugs (test.failing: each passes while the bug is there; drop `.failing` once fixed)
+// Regressions: bugs this fuzzing found, now fixed
 // ---------------------------------------------------------------------------------------------
 
-describe("fuzz: known bugs", () => {
-  // BUG src/server/routes/ops.ts (POST /api/models/:name/load): the optional body is `JSON.parse`d and
-  // `body.keep_alive` read without checking it is an object: a body of `null` throws a TypeError,
-  // answered 502 "null is not an object (evaluating 'body.keep_alive')". (Also: "x", 42, [] pass as
-  // "no keep_alive", and {"keep_alive":[1]} passes as 1 s since it is String()ed.)
-  test.failing("POST /api/models/tiny/load with a `null` body is 400, not 502", async () => {
+describe("fuzz: regressions", () => {
+  test("POST /api/models/tiny/load with a `null` body is 400, not 502", async () => {
     const r = await send("POST", "/api/models/tiny/load", "null");
     expect(problems("load null", "/api/models/tiny/load", r, [400])).toEqual([]);
   });
 
-  // BUG src/config.ts parseDuration + src/engine/engine.ts scheduleUnload/statusOf: keep_alive seconds
-  // are multiplied by 1000 unchecked. 1e308 becomes Infinity ms and 2**64 s a date past JavaScript's
-  // range: `new Date(expiresAt).toISOString()` (statusOf) throws RangeError "Invalid Date", so load
-  // answers 502 and, until the unload timer fires, GET /health and /api/models/:name/status answer 500.
-  test.failing("a huge keep_alive (1e308, 2**64 s) is 200 or 400, never 5xx", async () => {
+  test("a huge keep_alive (1e308, 2**64 s) is 200 or 400, never 5xx", async () => {
     const found: string[] = [];
     for (const ka of ["1e308", "18446744073709551616"]) await probe(found, "POST", "/api/models/tiny/load", `{"keep_alive":${ka}}`, [200, 400]);
     expect(found).toEqual([]);
   });
 
-  // BUG src/engine/engine.ts scheduleUnload: `setTimeout(fn, keepAliveMs)` with a delay over 2^31-1 ms
-  // (~24.8 days) overflows (TimeoutOverflowWarning) and Bun fires it after 1 ms: a request asking to keep
-  // the model for a long time unloads it at once instead. Any keep_alive over ~24.8 days: "1000h",
-  // 1e12, "99999999999h".
-  test.failing("a long keep_alive (1000h) keeps the model loaded", async () => {
+  test("a long keep_alive (1000h) keeps the model loaded", async () => {
     const r = await send("POST", "/api/models/tiny/load", '{"keep_alive":"1000h"}');
     expect(r.status).toBe(200);
     await Bun.sleep(50);
     expect(JSON.parse((await send("GET", "/api/models/tiny/status")).text).state).toBe("loaded");
   });
 
-  // BUG src/server/routes/native.ts (.ws maxPayloadLength) with Elysia 1.4: per-route `maxPayloadLength`
-  // / `idleTimeout` are not passed to Bun (Bun's websocket options are server-wide; Elysia's BunAdapter
-  // builds them from `app.config.websocket` only), so the documented 1 MB frame limit (README "Limits")
-  // is Bun's default 16 MB: a 2 MB frame is read and parsed.
-  test.failing("a 2 MB WebSocket frame closes the socket with 1009 (documented 1 MB limit)", async () => {
+  test("a 2 MB WebSocket frame closes the socket with 1009 (documented 1 MB limit)", async () => {
     const ws = await Ws.open();
     try {
       ws.send("x".repeat(2 << 20));
@@ -845,10 +847,7 @@ describe("fuzz: known bugs", () => {
     }
   });
 
-  // BUG src/server/app.ts onAfterResponse: the status counted in /metrics is `set.status` when the
-  // response came from onError, which is Elysia's 422 for schema violations (answered 400) and 200
-  // for unmatched routes (answered 404).
-  test.failing("/metrics counts the status actually sent (400, not 422; 404, not 200)", async () => {
+  test("/metrics counts the status actually sent (400, not 422; 404, not 200)", async () => {
     await send("POST", "/api/generate", '{"model":"tiny","prompt":"x","temperature":"hot"}');
     await send("GET", "/no/such/route");
     const metrics = (await send("GET", "/metrics")).text.split("\n").filter((l) => l.startsWith("shimmy_http_requests_total"));
@@ -856,11 +855,30 @@ describe("fuzz: known bugs", () => {
     expect(metrics.filter((l) => l.includes('route="unmatched"') && l.includes('status="200"'))).toEqual([]);
   });
 
-  // SECURITY src/server/routes/ops.ts (POST /api/models/:name/lora) + src/engine/llama.ts readHeader: the
-  // route takes client file paths (README: "Requests name models, never paths"), and the 502 for a file
-  // that is not a GGUF quotes its first bytes ("Expected \"GGUF\" but got \"root\"") and tells a missing
-  // file (ENOENT) from an existing one: a file-existence and 4-byte read oracle for any path.
-  test.failing("a LoRA path that is not a GGUF does not reveal the file's bytes", async () => {
+  test("GET /v1/models/{id} with an invalid percent-escape is 400 or 404, not 500", async () => {
+    const found: string[] = [];
+    for (const seg of INVALID_ESCAPES) await probe(found, "GET", `/v1/models/${seg}`, undefined, [400, 404]);
+    expect(found).toEqual([]);
+  });
+
+  test("a string field holding 10,000 nested arrays is 400, not 500", async () => {
+    const found: string[] = [];
+    const deep = "[".repeat(10_000) + "]".repeat(10_000);
+    await probe(found, "POST", "/tokenize", `{"content":${deep}}`, [400]);
+    await probe(found, "POST", "/api/generate", `{"model":"tiny","prompt":${deep}}`, [400]);
+    await probe(found, "POST", "/v1/chat/completions", `{"model":${deep},"messages":[{"role":"user","content":"x"}]}`, [400]);
+    expect(found).toEqual([]);
+  });
+
+  test("10,000 levels of nested objects are refused cheaply (not in seconds)", async () => {
+    const t0 = performance.now();
+    const r = await send("POST", "/v1/completions", '{"a":'.repeat(10_000) + "1" + "}".repeat(10_000));
+    const ms = performance.now() - t0;
+    expect(r.status).toBe(400);
+    expect(ms).toBeLessThan(500);
+  });
+
+  test("a LoRA path that is not a GGUF does not reveal the file's bytes", async () => {
     const secret = path.join(fx.dir, "secret.txt");
     writeFileSync(secret, "SECRET-CONTENT");
     const r = await send("POST", "/api/models/tiny/lora", JSON.stringify({ adapters: [secret] }));

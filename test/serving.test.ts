@@ -170,8 +170,12 @@ describe("model lifecycle routes", () => {
       expect(withLora).not.toBe(bare);
       await post(`${s.url}/api/models/tiny/lora`, { adapters: [] });
       expect(await gen()).toBe(bare);
-      const bad = await post(`${s.url}/api/models/tiny/lora`, { adapters: [{ path: "/no/such.gguf" }] });
-      expect(bad.status).toBe(502);
+      // Only adapters shimmy knows: any other path is refused, existing or not.
+      for (const p of ["/no/such.gguf", "/etc/passwd", fx.tiny]) {
+        const bad = await post(`${s.url}/api/models/tiny/lora`, { adapters: [{ path: p }] });
+        expect(bad.status).toBe(400);
+        expect((await bad.json() as any).error).toStartWith(`unknown LoRA adapter '${p}'`);
+      }
     } finally {
       await s.close();
     }

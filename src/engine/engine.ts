@@ -4,7 +4,7 @@
  * counters the metrics read. Knows nothing of HTTP. node-llama-cpp is imported lazily, on the first
  * load, through ./llama.ts.
  */
-import { statSync } from "node:fs";
+import { realpathSync, statSync } from "node:fs";
 import os from "node:os";
 import { BadRequestError, ModelLoadError, ModelNotFoundError, OverloadedError, toShimmyError } from "../errors.ts";
 import { log } from "../log.ts";
@@ -12,6 +12,14 @@ import type { NativeBackend, NativeModel } from "./llama.ts";
 import type { ModelRegistry } from "./registry.ts";
 import { ensureNativeRuntime } from "./runtime.ts";
 import type { BackendInfo, BackendOptions, GenerateOptions, GenerateResult, LoraAdapter, ModelEntry, ModelInfo, Timings, TokenEvent, TokenLogprob } from "./types.ts";
+
+function realpathOr(p: string): string {
+  try {
+    return realpathSync(p);
+  } catch {
+    return p;
+  }
+}
 
 export interface LoadedModel {
   entry: ModelEntry;
@@ -169,6 +177,8 @@ export class Engine {
   }
 
   private scheduleUnload(h: ModelHandle, keepAliveMs: number): void {
+    // Timers cannot wait longer than 2^31-1 ms (~24.8 days): a longer keep-alive means "never".
+    if (keepAliveMs > 2 ** 31 - 1) keepAliveMs = -1;
     clearTimeout(h.timer);
     h.timer = undefined;
     h.expiresAt = null;
@@ -204,8 +214,16 @@ export class Engine {
     return true;
   }
 
-  /** Replaces a model's LoRA adapters (loading it if needed); generations in flight keep theirs. */
+  /**
+   * Replaces a model's LoRA adapters (loading it if needed); generations in flight keep theirs. Only
+   * adapters shimmy already knows (discovered in a root, or configured) are accepted: a request can
+   * never make shimmy open an arbitrary path (nor learn whether one exists).
+   */
   async setLora(name: string, loras: LoraAdapter[]): Promise<ModelStatus> {
+    const scan = await this.registry.scan({ refresh: true });
+    const known = new Set([...scan.adapters.map((a) => realpathOr(a.path)), ...scan.models.flatMap((m) => (m.loras ?? []).map((l) => realpathOr(l.path)))]);
+    for (const l of loras)
+      if (!known.has(realpathOr(l.path))) throw new BadRequestError(`unknown LoRA adapter '${l.path}': use an adapter from a model root (see shimmy discover) or one given with --lora / SHIMMY_LORA_GGUF`, { param: "adapters" });
     const m = await this.load(name);
     await m.native.setLora(loras);
     return await this.status(name);

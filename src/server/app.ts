@@ -99,7 +99,7 @@ export function createApp({ engine, security, requestLog }: AppDeps) {
       metrics.countRequest(request.method, route || "unmatched", status);
       if (requestLog) logRequest(requestLog.format, requestLog.prompts, request.method, new URL(request.url).pathname, status, requestNote(request));
     })
-    .onError(({ code, error, request }) => {
+    .onError(({ code, error, request, set }) => {
       // One table: every failure becomes a ShimmyError, answered in the shape of the route's API.
       const path = new URL(request.url).pathname;
       const cause = (error as { cause?: unknown }).cause;
@@ -113,6 +113,7 @@ export function createApp({ engine, security, requestLog }: AppDeps) {
         log.error(`unhandled error on ${request.method} ${request.url}: ${(error as Error)?.stack ?? error}`);
         e = new InternalError((error as Error)?.message ?? "internal error");
       }
+      set.status = e.status; // what the metrics and the request log see
       return errorFor(path, e);
     })
     .use(opsRoutes(engine, metrics))

@@ -114,6 +114,32 @@ export function promptOrMessages(body: { prompt?: string; messages?: unknown[] }
 export async function parseJsonBody({ request }: { request: Request }): Promise<unknown> {
   const text = await request.text();
   if (!text.trim()) throw new BadRequestError("request body is empty: expected a JSON object");
+  return parseJsonObject(text);
+}
+
+/** Deepest nesting of arrays/objects in a JSON text (strings skipped). */
+function jsonDepth(text: string): number {
+  let depth = 0;
+  let max = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 92) i++; // backslash: skip the escaped char
+      else if (c === 34) inString = false;
+    } else if (c === 34) inString = true;
+    else if (c === 91 || c === 123) max = Math.max(max, ++depth);
+    else if (c === 93 || c === 125) depth--;
+  }
+  return max;
+}
+
+/** Most levels of nesting a request body may have (deeper bodies cost the validator quadratic time). */
+export const MAX_JSON_DEPTH = 64;
+
+/** Parses a JSON object body: malformed JSON, too deep nesting and non-objects are BadRequestErrors. */
+export function parseJsonObject(text: string): Record<string, unknown> {
+  if (jsonDepth(text) > MAX_JSON_DEPTH) throw new BadRequestError(`JSON nested too deeply: more than ${MAX_JSON_DEPTH} levels`);
   let value: unknown;
   try {
     value = JSON.parse(text);
@@ -121,7 +147,7 @@ export async function parseJsonBody({ request }: { request: Request }): Promise<
     throw new BadRequestError(`malformed JSON body: ${(err as Error).message}`);
   }
   if (value === null || typeof value !== "object" || Array.isArray(value)) throw new BadRequestError("request body must be a JSON object");
-  return value;
+  return value as Record<string, unknown>;
 }
 
 /** What the request log says about a request beyond method, route and status. */

@@ -32,7 +32,16 @@ function tryListen(app: App, hostname: string, port: number, opts: ListenOptions
     // idleTimeout: seconds a connection may stay silent (Bun's maximum); a stalled client is dropped.
     // The body limit proper is checked per request (a 413 in the API's error shape); the socket layer
     // refuses only bodies well past it (chunked ones included), as a backstop.
-    app.listen({ hostname, port, idleTimeout: 255, reusePort: false, ...(opts.maxBodyBytes ? { maxRequestBodySize: opts.maxBodyBytes + 1024 * 1024 } : {}) });
+    // WebSocket limits are server-wide in Bun: a frame over 1 MB closes the socket (1009), a silent one
+    // closes after 120 s.
+    app.listen({
+      hostname,
+      port,
+      idleTimeout: 255,
+      reusePort: false,
+      websocket: { maxPayloadLength: 1024 * 1024, idleTimeout: 120 },
+      ...(opts.maxBodyBytes ? { maxRequestBodySize: opts.maxBodyBytes + 1024 * 1024 } : {}),
+    } as Parameters<App["listen"]>[0]);
   } catch (err) {
     if (/EADDRINUSE|in use|Failed to start server/i.test(String((err as Error).message ?? err))) return undefined;
     throw err;

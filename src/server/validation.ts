@@ -38,7 +38,7 @@ export function expectation(s: AnySchema | undefined): string {
     case "Boolean":
       return "true or false";
     case "Array":
-      return `an array of ${expectation(s.items).replace(/^an? /, "")}s${s.maxItems !== undefined ? ` (at most ${s.maxItems})` : ""}`;
+      return `an array${s.maxItems !== undefined ? ` of at most ${s.maxItems} items` : ""} whose items are ${expectation(s.items)}`;
     case "Object":
       return "an object";
     case "Null":
@@ -62,7 +62,12 @@ export function schemaAt(root: AnySchema, pointer: string): AnySchema | undefine
 }
 
 function shown(value: unknown): string {
-  const text = value === undefined ? "nothing" : JSON.stringify(value) ?? String(value);
+  let text: string;
+  try {
+    text = value === undefined ? "nothing" : typeof value === "number" && !Number.isFinite(value) ? String(value) : (JSON.stringify(value) ?? String(value));
+  } catch {
+    text = String(value);
+  }
   return text.length > 60 ? `${text.slice(0, 57)}...` : text;
 }
 

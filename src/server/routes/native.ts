@@ -66,9 +66,6 @@ export const nativeRoutes = (engine: ServingEngine) =>
       { body: GenerateRequest, parse: parseJsonBody },
     )
     .ws("/ws/generate", {
-      // A frame larger than this closes the socket (1009); a silent socket is closed after 2 minutes.
-      maxPayloadLength: 1024 * 1024,
-      idleTimeout: 120,
       open(ws) {
         sockets.set(ws.raw, { controller: undefined });
       },

@@ -322,7 +322,10 @@ export const openaiRoutes = (engine: ServingEngine) =>
     }))
     // A wildcard: Ollama-style ids may hold a slash (`someone/coder:7b`).
     .get("/v1/models/*", async ({ params, set }) => {
-      const id = decodeURIComponent(params["*"]);
+      let id = params["*"];
+      try {
+        id = decodeURIComponent(id);
+      } catch {} // not a valid escape: look it up as written (a 404)
       const all = (await engine.list()).filter((e) => !e.problem);
       const m = all.find((e) => normalizeModelName(e.name) === normalizeModelName(id));
       if (!m) return settle(set, openaiErrorResponse(new ModelNotFoundError(id, all.map((e) => e.name))));

@@ -7,7 +7,7 @@ import { parseLoras, physicalCores } from "../../config.ts";
 import type { ModelStatus } from "../../engine/engine.ts";
 import { BadRequestError } from "../../errors.ts";
 import { VERSION } from "../../version.ts";
-import { errorJson, keepAliveOption, parseJsonBody, type ServingEngine } from "../http.ts";
+import { errorJson, keepAliveOption, parseJsonBody, parseJsonObject, type ServingEngine } from "../http.ts";
 import type { Metrics } from "../metrics.ts";
 
 /** Wire form of a model's lifecycle state. */
@@ -71,11 +71,12 @@ export const opsRoutes = (engine: ServingEngine, metrics: Metrics, startedAt = D
       try {
         // Optional body {keep_alive}: how long it stays loaded while idle.
         const text = await request.text();
-        const body = text.trim() ? (JSON.parse(text) as { keep_alive?: string | number }) : {};
-        await engine.load(params.name, keepAliveOption(body.keep_alive));
+        const body = text.trim() ? parseJsonObject(text) : {};
+        const keepAlive = body.keep_alive;
+        if (keepAlive !== undefined && typeof keepAlive !== "string" && typeof keepAlive !== "number") throw new BadRequestError("invalid field 'keep_alive': expected a duration such as \"5m\", seconds, 0 or -1", { param: "keep_alive" });
+        await engine.load(params.name, keepAliveOption(keepAlive));
         return wireStatus(await engine.status(params.name));
       } catch (err) {
-        if (err instanceof SyntaxError) return errorJson(new BadRequestError(`malformed JSON body: ${err.message}`));
         return errorJson(err);
       }
     })
