@@ -304,7 +304,7 @@ describe("list, probe, bench", () => {
     const r = await cli(["list", "--model-dirs", fx.dir]);
     expect(r.code).toBe(0);
     const lines = r.stdout.trimEnd().split("\n");
-    expect(lines[0]).toMatch(/^NAME\s+SIZE\s+SOURCE\s+PATH$/);
+    expect(lines[0]).toMatch(/^NAME\s+SOURCE\s+SIZE\s+PARAMS\s+QUANT\s+CONTEXT\s+TEMPLATE\s+PATH$/);
     expect(lines).toHaveLength(2);
     expect(lines[1]).toMatch(/^tiny\s/);
     expect(lines[1]).toContain(fx.tiny);
@@ -368,7 +368,9 @@ describe("list, probe, bench", () => {
     const env = { SHIMMY_BASE_GGUF: file };
     const list = await cli(["list", "--json"], { env });
     expect(list.code).toBe(0);
-    expect(JSON.parse(list.stdout)).toEqual([{ name: "my-model", path: file, source: "env", size_bytes: readFileSync(fx.tiny).length }]);
+    expect(JSON.parse(list.stdout)).toEqual([
+      { name: "my-model", path: file, source: "env", size_bytes: readFileSync(fx.tiny).length, architecture: "llama", parameters: 147776, quantization: "F32", context_length: 4096, chat_template: true },
+    ]);
     const probe = await cli(["probe", "my-model"], { env });
     expect(probe.code).toBe(0);
     expect(probe.stdout).toStartWith("ok: loaded my-model");

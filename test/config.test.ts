@@ -88,11 +88,11 @@ describe("model names and registry", () => {
         ["base", "env"],
         ["extra", "model-path"],
         ["a-model", "dir"],
+        ["big", "dir"],
         ["broken", "dir"],
         ["flora-7b", "dir"],
-        ["a-model@dir", "dir"],
-        ["big", "dir"],
         ["half", "dir"],
+        ["a-model@dir", "dir"],
       ]);
       // my_adapter.gguf is an adapter by its header: not a model; attached to the llama models beside it.
       expect(list.find((e) => e.name === "a-model")!.loras).toEqual([{ path: path.join(dir, "models/my_adapter.gguf"), scale: 1 }]);

@@ -111,7 +111,7 @@ describe("POST /api/generate (fake engine)", () => {
   test("schema messages say what was expected and what came", async () => {
     const cases: Array<[unknown, string]> = [
       [{ model: "fake", prompt: "x", temperature: "hot" }, `invalid field 'temperature': expected a number from 0 to 5, got "hot"`],
-      [{ model: "fake", prompt: "x", max_tokens: 0 }, "invalid field 'max_tokens': expected an integer >= 1, got 0"],
+      [{ model: "fake", prompt: "x", max_tokens: 0 }, "invalid field 'max_tokens': expected an integer from 1 to 1048576, got 0"],
       [{ prompt: "x" }, "missing field 'model': expected a non-empty string"],
       [{ model: "fake", messages: [{ role: "robot", content: "x" }] }, `invalid field 'messages.0.role': expected one of "system", "user", "assistant", got "robot"`],
     ];
