@@ -349,15 +349,26 @@ describe("list, probe, bench", () => {
   test("bench --json reports positive timings", async () => {
     const r = await cli(["bench", "tiny", "--runs", "2", "--max-tokens", "8", "--json", "--model-dirs", fx.dir]);
     expect(r.code).toBe(0);
-    const b = oneJsonLine<Record<string, unknown>>(r.stdout);
+    const b = oneJsonLine<Record<string, any>>(r.stdout);
     expect(b.model).toBe("tiny");
     expect(b.runs).toBe(2);
-    for (const k of ["load_ms", "ttft_ms", "prompt_tokens_per_second", "decode_tokens_per_second"]) {
-      expect(typeof b[k]).toBe("number");
-      expect({ k, positive: (b[k] as number) > 0 }).toEqual({ k, positive: true });
+    expect(b.load_ms).toBeGreaterThan(0);
+    for (const k of ["ttft_ms", "prompt_tokens_per_second", "decode_tokens_per_second", "aggregate_tokens_per_second"]) {
+      expect({ k, p50: b[k].p50 > 0, p95: b[k].p95 >= b[k].p50 }).toEqual({ k, p50: true, p95: true });
     }
     expect(b.generated_tokens).toBe(8);
-    expect(b.per_run as unknown[]).toHaveLength(2);
+    expect(b.per_run).toHaveLength(2);
+  });
+
+  test("bench --concurrency runs streams at once on parallel slots", async () => {
+    const r = await cli(["bench", "tiny", "--runs", "2", "--max-tokens", "8", "--concurrency", "3", "--json", "--model-dirs", fx.dir]);
+    expect(r.code).toBe(0);
+    const b = oneJsonLine<Record<string, any>>(r.stdout);
+    expect(b.concurrency).toBe(3);
+    expect(b.per_run.map((x: any) => x.streams.length)).toEqual([3, 3]);
+    expect(b.aggregate_tokens_per_second.p50).toBeGreaterThan(0);
+    const text = await cli(["bench", "tiny", "--runs", "1", "--max-tokens", "4", "--concurrency", "2", "--model-dirs", fx.dir]);
+    expect(text.stdout).toMatch(/aggregate\s+p50 [\d.]+ tok\/s, p95 [\d.]+ tok\/s over 2 streams/);
   });
 
   test("SHIMMY_BASE_GGUF registers the file under its stem name", async () => {

@@ -1,0 +1,386 @@
+/**
+ * Comparison harness (`bun run bench:compare`): shimmy against its floor (node-llama-cpp generating
+ * in-process) and against llama.cpp's own llama-server, on the same model, threads, prompt and greedy
+ * sampling. Runs are interleaved (every round visits every mode, in rotating order) so machine drift
+ * hits all modes alike; figures are medians. Writes docs/BENCHMARKS.md and docs/benchmarks.json.
+ *
+ *   bun scripts/bench-compare.ts [--threads N] [--runs 5] [--tokens 32] [--model FILE] [--llama-server PATH] [--quick]
+ *
+ * The bench model (TinyLlama-1.1B shape, Q8_0) is generated on demand into the temp dir. llama-server
+ * is built from the llama.cpp source node-llama-cpp ships (llama/gitRelease.bundle) into
+ * ~/.cache/shimmy-bench when absent (cmake; minutes on 2 cores).
+ */
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { getLlama, LlamaCompletion } from "node-llama-cpp";
+import { physicalCores } from "../src/config.ts";
+import { writeBenchModel, writeTinyModel } from "../src/gguf/presets.ts";
+
+const ROOT = path.resolve(import.meta.dir, "..");
+const { values } = parseArgs({
+  options: {
+    threads: { type: "string" },
+    runs: { type: "string" },
+    tokens: { type: "string" },
+    model: { type: "string" },
+    "llama-server": { type: "string" },
+    quick: { type: "boolean" },
+    out: { type: "string" },
+  },
+});
+const threads = Number(values.threads ?? physicalCores());
+const runs = Number(values.runs ?? (values.quick ? 3 : 5));
+const tokens = Number(values.tokens ?? 32);
+const model = values.model ?? path.join(os.tmpdir(), "shimmy-fixtures", "bench-tinyllama-q8.gguf");
+const CTX = 2048;
+
+const median = (xs: number[]) => {
+  const s = xs.filter(Number.isFinite).sort((a, b) => a - b);
+  if (!s.length) return NaN;
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+
+/** One measured generation, as the client saw it. */
+interface Sample {
+  ttftMs: number;
+  /** Tokens after the first / time after the first (decode speed). */
+  decodeTps: number;
+  /** Prompt tokens / time to first token. */
+  promptTps: number;
+  totalMs: number;
+  tokens: number;
+}
+
+function prompt(i: number): string {
+  // A new first word per run: the prompt is evaluated anew each time (no KV-cache reuse).
+  return `Run ${i}. The committee met on Tuesday to discuss the harbour, the roads and the new school, and after a long debate about the budget they agreed to meet again next week to decide the order of the works and the people in charge of each one.`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// llama-server: build from node-llama-cpp's bundled source when needed.
+
+function llamaServerPath(): string {
+  if (values["llama-server"]) return values["llama-server"];
+  const dir = path.join(os.homedir(), ".cache", "shimmy-bench", "llama.cpp");
+  const bin = path.join(dir, "build", "bin", "llama-server");
+  if (existsSync(bin)) return bin;
+  console.error(`building llama-server from node-llama-cpp's llama.cpp source into ${dir} (minutes) ...`);
+  const run = (cmd: string[], cwd: string) => {
+    const r = Bun.spawnSync(cmd, { cwd, stdout: "inherit", stderr: "inherit" });
+    if (r.exitCode !== 0) throw new Error(`${cmd.join(" ")} failed`);
+  };
+  mkdirSync(path.dirname(dir), { recursive: true });
+  if (!existsSync(dir)) run(["git", "clone", "-q", path.join(ROOT, "node_modules/node-llama-cpp/llama/gitRelease.bundle"), dir], path.dirname(dir));
+  run(["cmake", "-B", "build", "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DGGML_NATIVE=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"], dir);
+  run(["cmake", "--build", "build", "-j", String(os.availableParallelism()), "--target", "llama-server"], dir);
+  return bin;
+}
+
+async function waitFor(url: string, ms = 120_000) {
+  const t0 = Date.now();
+  while (Date.now() - t0 < ms) {
+    if (await fetch(url).then((r) => r.ok, () => false)) return;
+    await Bun.sleep(100);
+  }
+  throw new Error(`${url} did not answer in ${ms / 1000} s`);
+}
+
+function startShimmy(parallel: number, file: string, extraEnv: Record<string, string> = {}) {
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const proc = Bun.spawn(["bun", path.join(ROOT, "src/main.ts"), "serve", "--bind", `127.0.0.1:${port}`, "--model-path", file, "--threads", String(threads), "--ctx-size", String(CTX), "--parallel", String(parallel), "--keep-alive", "-1", "--gpu", "cpu"], {
+    env: { ...process.env, SHIMMY_DEMO_MODEL: "0", SHIMMY_LOG: "warn", ...extraEnv },
+    stdout: "ignore",
+    stderr: "inherit",
+  });
+  return { proc, url: `http://127.0.0.1:${port}`, name: path.basename(file, ".gguf").toLowerCase().replace(/[_\s]+/g, "-") };
+}
+
+function startLlamaServer(bin: string, parallel: number) {
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const proc = Bun.spawn([bin, "-m", model, "-t", String(threads), "-tb", String(threads), "-c", String(CTX * parallel), "-np", String(parallel), "--port", String(port), "--host", "127.0.0.1", "-ngl", "0", "--no-warmup"], {
+    stdout: "ignore",
+    stderr: "ignore",
+  });
+  return { proc, url: `http://127.0.0.1:${port}` };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients: each returns what the client observed.
+
+/** Reads an SSE body, calling `onData` per `data:` payload. */
+async function readSse(res: Response, onData: (data: string, event: string) => void) {
+  const reader = res.body!.getReader();
+  const dec = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buf += dec.decode(value, { stream: true });
+    let i: number;
+    while ((i = buf.indexOf("\n\n")) >= 0) {
+      const block = buf.slice(0, i);
+      buf = buf.slice(i + 2);
+      let event = "message";
+      const data: string[] = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      onData(data.join("\n"), event);
+    }
+  }
+}
+
+/** Client-side figures from token arrival times. */
+function sample(t0: number, stamps: number[], promptTokens: number): Sample {
+  const end = stamps.at(-1) ?? performance.now();
+  const ttft = (stamps[0] ?? end) - t0;
+  return {
+    ttftMs: ttft,
+    decodeTps: stamps.length > 1 ? ((stamps.length - 1) * 1000) / (end - stamps[0]!) : NaN,
+    promptTps: promptTokens > 0 ? (promptTokens * 1000) / ttft : NaN,
+    totalMs: end - t0,
+    tokens: stamps.length,
+  };
+}
+
+async function shimmySse(url: string, name: string, i: number): Promise<Sample> {
+  const t0 = performance.now();
+  const stamps: number[] = [];
+  let promptTokens = 0;
+  const res = await fetch(`${url}/api/generate`, { method: "POST", headers: { accept: "text/event-stream" }, body: JSON.stringify({ model: name, prompt: prompt(i), max_tokens: tokens, temperature: 0 }) });
+  await readSse(res, (data, event) => {
+    if (event === "done") promptTokens = JSON.parse(data).timings.prompt_n;
+    else if (data !== "[DONE]") stamps.push(performance.now());
+  });
+  return sample(t0, stamps, promptTokens);
+}
+
+async function shimmyJson(url: string, name: string, i: number): Promise<Sample> {
+  const t0 = performance.now();
+  const r = (await (await fetch(`${url}/api/generate`, { method: "POST", body: JSON.stringify({ model: name, prompt: prompt(i), max_tokens: tokens, temperature: 0, stream: false }) })).json()) as any;
+  const total = performance.now() - t0;
+  const t = r.timings;
+  return { ttftMs: t.ttft_ms, decodeTps: t.predicted_per_second, promptTps: t.prompt_per_second, totalMs: total, tokens: t.predicted_n };
+}
+
+async function shimmyWs(url: string, name: string, i: number): Promise<Sample> {
+  const stamps: number[] = [];
+  let promptTokens = 0;
+  const t0 = performance.now();
+  await new Promise<void>((resolve, reject) => {
+    const ws = new WebSocket(`${url.replace("http", "ws")}/ws/generate`);
+    ws.onopen = () => ws.send(JSON.stringify({ model: name, prompt: prompt(i), max_tokens: tokens, temperature: 0 }));
+    ws.onmessage = (e) => {
+      const d = String(e.data);
+      if (d.startsWith('{"done"')) {
+        promptTokens = JSON.parse(d).timings.prompt_n;
+        ws.close();
+        resolve();
+      } else stamps.push(performance.now());
+    };
+    ws.onerror = () => reject(new Error("ws error"));
+  });
+  return sample(t0, stamps, promptTokens);
+}
+
+/** OpenAI-style streaming chat (shimmy's /v1 or llama-server's /v1). */
+async function openaiStream(url: string, name: string, i: number): Promise<Sample> {
+  const t0 = performance.now();
+  const stamps: number[] = [];
+  let promptTokens = 0;
+  const res = await fetch(`${url}/v1/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ model: name, prompt: prompt(i), max_tokens: tokens, temperature: 0, stream: true, stream_options: { include_usage: true } }) });
+  await readSse(res, (data) => {
+    if (data === "[DONE]") return;
+    const j = JSON.parse(data);
+    if (j.usage) promptTokens = j.usage.prompt_tokens;
+    if (j.choices?.[0]?.text) stamps.push(performance.now());
+  });
+  return sample(t0, stamps, promptTokens);
+}
+
+/** llama-server's native /completion, streamed. */
+async function llamaCompletion(url: string, i: number): Promise<Sample> {
+  const t0 = performance.now();
+  const stamps: number[] = [];
+  let promptTokens = 0;
+  const res = await fetch(`${url}/completion`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: prompt(i), n_predict: tokens, temperature: 0, stream: true, cache_prompt: false }) });
+  await readSse(res, (data) => {
+    const j = JSON.parse(data);
+    if (j.content) stamps.push(performance.now());
+    if (j.timings?.prompt_n) promptTokens = j.timings.prompt_n;
+  });
+  return sample(t0, stamps, promptTokens);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+type Mode = { name: string; run: (i: number) => Promise<Sample> };
+
+async function main() {
+  if (!existsSync(model)) {
+    mkdirSync(path.dirname(model), { recursive: true });
+    console.error(`writing the bench model to ${model} ...`);
+    await writeBenchModel(model);
+  }
+  const bin = llamaServerPath();
+
+  // (a) In-process: node-llama-cpp directly, the floor.
+  const llama = await getLlama({ gpu: false, build: "never", skipDownload: true, logLevel: "error" as any });
+  const m = await llama.loadModel({ modelPath: model });
+  const ctx = await m.createContext({ contextSize: CTX, threads, sequences: 1 });
+  const seq = ctx.getSequence();
+  const inProcess = async (i: number): Promise<Sample> => {
+    const completion = new LlamaCompletion({ contextSequence: seq });
+    const stamps: number[] = [];
+    const promptTokens = m.tokenize(prompt(i)).length + 1;
+    const t0 = performance.now();
+    await completion.generateCompletion(prompt(i), { maxTokens: tokens, temperature: 0, onToken: () => void stamps.push(performance.now()) });
+    completion.dispose({ disposeSequence: false });
+    return sample(t0, stamps, promptTokens);
+  };
+
+  const shimmy = startShimmy(1, model);
+  const server = startLlamaServer(bin, 1);
+  try {
+    await waitFor(`${shimmy.url}/health`);
+    await waitFor(`${server.url}/health`);
+    await fetch(`${shimmy.url}/api/models/${shimmy.name}/load`, { method: "POST" });
+    const modes: Mode[] = [
+      { name: "in-process (node-llama-cpp)", run: inProcess },
+      { name: "shimmy SSE /api/generate", run: (i) => shimmySse(shimmy.url, shimmy.name, i) },
+      { name: "shimmy JSON /api/generate", run: (i) => shimmyJson(shimmy.url, shimmy.name, i) },
+      { name: "shimmy WebSocket", run: (i) => shimmyWs(shimmy.url, shimmy.name, i) },
+      { name: "shimmy OpenAI stream /v1/completions", run: (i) => openaiStream(shimmy.url, shimmy.name, i) },
+      { name: "llama-server /completion", run: (i) => llamaCompletion(server.url, i) },
+      { name: "llama-server /v1/completions stream", run: (i) => openaiStream(server.url, "m", i) },
+    ];
+    // Warm-up: one run each.
+    for (const mode of modes) await mode.run(0);
+    const samples = new Map<string, Sample[]>(modes.map((x) => [x.name, []]));
+    let n = 1;
+    for (let r = 0; r < runs; r++) {
+      // Rotate the order every round so drift and position effects cancel.
+      const order = [...modes.slice(r % modes.length), ...modes.slice(0, r % modes.length)];
+      for (const mode of order) samples.get(mode.name)!.push(await mode.run(n++));
+      console.error(`round ${r + 1}/${runs} done`);
+    }
+    const single = modes.map((mode) => {
+      const s = samples.get(mode.name)!;
+      return { mode: mode.name, ttft_ms: median(s.map((x) => x.ttftMs)), prompt_tps: median(s.map((x) => x.promptTps)), decode_tps: median(s.map((x) => x.decodeTps)), total_ms: median(s.map((x) => x.totalMs)), tokens: median(s.map((x) => x.tokens)) };
+    });
+    shimmy.proc.kill("SIGTERM");
+    server.proc.kill("SIGTERM");
+    await Promise.all([shimmy.proc.exited, server.proc.exited]);
+    await ctx.dispose();
+    await m.dispose();
+
+    // Concurrency: aggregate decode throughput at 1, 2, 4, 8 streams; both servers with 8 slots.
+    const conc: Array<{ streams: number; shimmy_tps: number; llama_server_tps: number }> = [];
+    const s8 = startShimmy(8, model);
+    const l8 = startLlamaServer(bin, 8);
+    try {
+      await waitFor(`${s8.url}/health`);
+      await waitFor(`${l8.url}/health`);
+      await fetch(`${s8.url}/api/models/${s8.name}/load`, { method: "POST" });
+      await shimmySse(s8.url, s8.name, 0);
+      await llamaCompletion(l8.url, 0);
+      for (const streams of values.quick ? [1, 4] : [1, 2, 4, 8]) {
+        const agg = async (one: (i: number) => Promise<Sample>) => {
+          const t0 = performance.now();
+          const r = await Promise.all(Array.from({ length: streams }, (_, k) => one(n++ + k * 1000)));
+          return (r.reduce((a, x) => a + x.tokens, 0) * 1000) / (performance.now() - t0);
+        };
+        const a = await agg((i) => shimmySse(s8.url, s8.name, i));
+        const b = await agg((i) => llamaCompletion(l8.url, i));
+        conc.push({ streams, shimmy_tps: a, llama_server_tps: b });
+        console.error(`concurrency ${streams}: shimmy ${a.toFixed(1)} tok/s, llama-server ${b.toFixed(1)} tok/s`);
+      }
+    } finally {
+      s8.proc.kill("SIGTERM");
+      l8.proc.kill("SIGTERM");
+      await Promise.all([s8.proc.exited, l8.proc.exited]);
+    }
+
+    // Idle memory of `serve` with the tiny model loaded.
+    const tinyFile = path.join(os.tmpdir(), "shimmy-fixtures", "tiny-idle.gguf");
+    mkdirSync(path.dirname(tinyFile), { recursive: true });
+    await writeTinyModel(tinyFile);
+    const idle = startShimmy(4, tinyFile);
+    let idleRss = NaN;
+    try {
+      await waitFor(`${idle.url}/health`);
+      await fetch(`${idle.url}/api/models/${idle.name}/load`, { method: "POST" });
+      await fetch(`${idle.url}/api/generate`, { method: "POST", body: JSON.stringify({ model: idle.name, prompt: "hi", max_tokens: 4, stream: false }) });
+      await Bun.sleep(1000);
+      idleRss = Number(readFileSync(`/proc/${idle.proc.pid}/status`, "utf8").match(/^VmRSS:\s+(\d+)/m)![1]) * 1024;
+    } finally {
+      idle.proc.kill("SIGTERM");
+      await idle.proc.exited;
+    }
+
+    report(single, conc, idleRss);
+  } finally {
+    shimmy.proc.kill("SIGKILL");
+    server.proc.kill("SIGKILL");
+  }
+}
+
+function report(single: Array<Record<string, number | string>>, conc: Array<{ streams: number; shimmy_tps: number; llama_server_tps: number }>, idleRss: number) {
+  const get = (name: string) => single.find((s) => s.mode === name)!;
+  const floor = get("in-process (node-llama-cpp)");
+  const sse = get("shimmy SSE /api/generate");
+  const ls = get("llama-server /completion");
+  const c4 = conc.find((c) => c.streams === 4);
+  const targets = [
+    { target: "shimmy SSE decode >= 0.98 x in-process", value: `${((sse.decode_tps as number) / (floor.decode_tps as number)).toFixed(3)} x`, met: (sse.decode_tps as number) >= 0.98 * (floor.decode_tps as number) },
+    { target: "shimmy SSE decode >= llama-server's", value: `${((sse.decode_tps as number) / (ls.decode_tps as number)).toFixed(3)} x`, met: (sse.decode_tps as number) >= (ls.decode_tps as number) },
+    { target: "TTFT overhead <= 10 ms over in-process", value: `${((sse.ttft_ms as number) - (floor.ttft_ms as number)).toFixed(1)} ms`, met: (sse.ttft_ms as number) - (floor.ttft_ms as number) <= 10 },
+    ...(c4 ? [{ target: "aggregate tok/s at 4 streams >= llama-server --parallel 4", value: `${(c4.shimmy_tps / c4.llama_server_tps).toFixed(3)} x`, met: c4.shimmy_tps >= c4.llama_server_tps }] : []),
+    { target: "idle RSS of serve with the tiny model <= 150 MB", value: `${(idleRss / 1048576).toFixed(1)} MiB`, met: idleRss <= 150 * 1048576 },
+  ];
+  const cpu = os.cpus();
+  const machine = `${cpu[0]?.model ?? "?"}, ${cpu.length} logical CPUs (${physicalCores()} physical), ${(os.totalmem() / 1024 ** 3).toFixed(0)} GiB, ${os.platform()} ${os.release()}, bun ${Bun.version}`;
+  const command = `bun scripts/bench-compare.ts --threads ${threads} --runs ${runs} --tokens ${tokens}${values.quick ? " --quick" : ""}`;
+  const f = (n: number | string, d = 1) => (typeof n === "number" ? (Number.isFinite(n) ? n.toFixed(d) : "-") : n);
+  const md = [
+    "# Benchmarks",
+    "",
+    `Measured ${new Date().toISOString().slice(0, 10)} on ${machine}.`,
+    `Model: ${path.basename(model)} (TinyLlama-1.1B shape, Q8_0, random weights: same compute as a trained model). Threads ${threads}, context ${CTX}, greedy, ${tokens} tokens per run, medians of ${runs} interleaved runs (prompt re-evaluated every run).`,
+    "",
+    `Command: \`${command}\``,
+    "",
+    "## One stream",
+    "",
+    "| mode | TTFT ms | prompt tok/s | decode tok/s | end-to-end ms |",
+    "|---|---|---|---|---|",
+    ...single.map((s) => `| ${s.mode} | ${f(s.ttft_ms)} | ${f(s.prompt_tps)} | ${f(s.decode_tps, 2)} | ${f(s.total_ms, 0)} |`),
+    "",
+    "`shimmy JSON` figures are the server's own timings (the client sees only the end).",
+    "",
+    "## Concurrent streams (aggregate decode tok/s; both servers with 8 slots)",
+    "",
+    "| streams | shimmy | llama-server | ratio |",
+    "|---|---|---|---|",
+    ...conc.map((c) => `| ${c.streams} | ${c.shimmy_tps.toFixed(1)} | ${c.llama_server_tps.toFixed(1)} | ${(c.shimmy_tps / c.llama_server_tps).toFixed(3)} |`),
+    "",
+    "## Targets",
+    "",
+    "| target | measured | met |",
+    "|---|---|---|",
+    ...targets.map((t) => `| ${t.target} | ${t.value} | ${t.met ? "yes" : "no"} |`),
+    "",
+  ].join("\n");
+  mkdirSync(path.join(ROOT, "docs"), { recursive: true });
+  const out = values.out ?? path.join(ROOT, "docs");
+  writeFileSync(path.join(out, "BENCHMARKS.md"), md);
+  writeFileSync(path.join(out, "benchmarks.json"), JSON.stringify({ machine, command, model: path.basename(model), threads, ctx: CTX, tokens, runs, single, concurrency: conc, idle_rss_bytes: idleRss, targets }, null, 2));
+  console.log(md);
+}
+
+await main();
+process.exit(0);
