@@ -100,10 +100,12 @@ function startShimmy(parallel: number, file: string, extraEnv: Record<string, st
 
 function startLlamaServer(bin: string, parallel: number) {
   const port = 20000 + Math.floor(Math.random() * 20000);
+  const log = path.join(os.tmpdir(), `llama-server-${port}.log`);
   const proc = Bun.spawn([bin, "-m", model, "-t", String(threads), "-tb", String(threads), "-c", String(CTX * parallel), "-np", String(parallel), "--port", String(port), "--host", "127.0.0.1", "-ngl", "0", "--no-warmup"], {
-    stdout: "ignore",
-    stderr: "ignore",
+    stdout: Bun.file(log),
+    stderr: Bun.file(log),
   });
+  console.error(`llama-server (parallel ${parallel}) logs to ${log}`);
   return { proc, url: `http://127.0.0.1:${port}` };
 }
 
@@ -258,16 +260,31 @@ async function main() {
       { name: "llama-server /completion", run: (i) => llamaCompletion(server.url, i) },
       { name: "llama-server /v1/completions stream", run: (i) => openaiStream(server.url, "m", i) },
     ];
+    // A failed run (a server error, a reset connection) is reported and left out, never silently kept.
+    const failures: string[] = [];
+    const attempt = async (mode: Mode, i: number): Promise<Sample | undefined> => {
+      try {
+        return await mode.run(i);
+      } catch (err) {
+        failures.push(`${mode.name} run ${i}: ${(err as Error).message}`);
+        console.error(`FAILED ${mode.name} run ${i}: ${(err as Error).message}`);
+        return undefined;
+      }
+    };
     // Warm-up: one run each.
-    for (const mode of modes) await mode.run(0);
+    for (const mode of modes) await attempt(mode, 0);
     const samples = new Map<string, Sample[]>(modes.map((x) => [x.name, []]));
     let n = 1;
     for (let r = 0; r < runs; r++) {
       // Rotate the order every round so drift and position effects cancel.
       const order = [...modes.slice(r % modes.length), ...modes.slice(0, r % modes.length)];
-      for (const mode of order) samples.get(mode.name)!.push(await mode.run(n++));
+      for (const mode of order) {
+        const x = await attempt(mode, n++);
+        if (x) samples.get(mode.name)!.push(x);
+      }
       console.error(`round ${r + 1}/${runs} done`);
     }
+    if (failures.length) console.error(`${failures.length} failed runs: ${failures.join("; ")}`);
     const single = modes.map((mode) => {
       const s = samples.get(mode.name)!;
       return { mode: mode.name, ttft_ms: median(s.map((x) => x.ttftMs)), prompt_tps: median(s.map((x) => x.promptTps)), decode_tps: median(s.map((x) => x.decodeTps)), total_ms: median(s.map((x) => x.totalMs)), tokens: median(s.map((x) => x.tokens)) };
