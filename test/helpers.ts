@@ -3,6 +3,7 @@ import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { Engine } from "../src/engine/engine.ts";
+import type { GenerateResult } from "../src/engine/types.ts";
 import { ModelRegistry } from "../src/engine/registry.ts";
 import { writeTinyLora, writeTinyModel } from "../src/gguf/presets.ts";
 import { createApp } from "../src/server/app.ts";
@@ -68,4 +69,17 @@ export function parseSse(text: string): Array<{ event: string; data: string }> {
     events.push({ event, data: data.join("\n") });
   }
   return events;
+}
+
+/** Records the result of every native generation of a model, to prove when the engine really stopped (and a slot was freed). */
+export async function spyGenerations(engine: Engine, name: string): Promise<{ results: Promise<GenerateResult>[]; restore(): void }> {
+  const loaded = await engine.load(name);
+  const original = loaded.native.generate;
+  const results: Promise<GenerateResult>[] = [];
+  loaded.native.generate = function (this: unknown, ...args: Parameters<typeof original>) {
+    const p = original.apply(loaded.native, args);
+    results.push(p);
+    return p;
+  };
+  return { results, restore: () => void (loaded.native.generate = original) };
 }

@@ -1,9 +1,8 @@
 /** Needs a model: the real server on a loopback port, real engine, SSE and WebSocket clients. */
 import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
 import type { Engine } from "../src/engine/engine.ts";
-import type { GenerateResult } from "../src/engine/types.ts";
 import type { Listening } from "../src/server/listen.ts";
-import { makeEngine, makeFixtures, parseSse, startServer } from "./helpers.ts";
+import { makeEngine, makeFixtures, parseSse, spyGenerations, startServer } from "./helpers.ts";
 
 // Loads models or spawns the CLI on 2 shared cores: allow 60 s per test (bun's default is 5 s).
 setDefaultTimeout(60_000);
@@ -23,18 +22,6 @@ afterAll(async () => {
   fx?.cleanup();
 });
 
-/** Records the result of every native generation, to prove when the engine really stopped. */
-async function spyGenerations(): Promise<{ results: Promise<GenerateResult>[]; restore(): void }> {
-  const loaded = await engine.load("tiny");
-  const original = loaded.native.generate;
-  const results: Promise<GenerateResult>[] = [];
-  loaded.native.generate = function (this: unknown, ...args: Parameters<typeof original>) {
-    const p = original.apply(loaded.native, args);
-    results.push(p);
-    return p;
-  };
-  return { results, restore: () => void (loaded.native.generate = original) };
-}
 
 const gen = (body: unknown, init: RequestInit = {}) =>
   fetch(`${server.url}/api/generate`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body), ...init });
@@ -105,7 +92,7 @@ describe("native API over a real socket", () => {
   });
 
   test("closing the connection mid-stream aborts the generation in the engine", async () => {
-    const spy = await spyGenerations();
+    const spy = await spyGenerations(engine, "tiny");
     try {
       const controller = new AbortController();
       const res = await gen({ model: "tiny", prompt: "hi", temperature: 0, max_tokens: 3500 }, { signal: controller.signal });
@@ -157,7 +144,7 @@ describe("native API over a real socket", () => {
   });
 
   test("WebSocket: closing the socket aborts the generation", async () => {
-    const spy = await spyGenerations();
+    const spy = await spyGenerations(engine, "tiny");
     try {
       const ws = await wsOpen();
       const closed = new Promise((r) => ws.addEventListener("close", r));

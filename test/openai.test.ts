@@ -12,7 +12,7 @@ import { z } from "zod";
 import type { Engine } from "../src/engine/engine.ts";
 import type { GenerateResult } from "../src/engine/types.ts";
 import type { Listening } from "../src/server/listen.ts";
-import { makeEngine, makeFixtures, startServer } from "./helpers.ts";
+import { makeEngine, makeFixtures, spyGenerations, startServer } from "./helpers.ts";
 
 // Loads a model on 2 shared cores: allow 60 s per test (bun's default is 5 s).
 setDefaultTimeout(60_000);
@@ -100,18 +100,6 @@ async function errorBody(res: Response, status: number): Promise<{ message: stri
   return body.error;
 }
 
-/** Records the result of every native generation, to prove when the engine really stopped. */
-async function spyGenerations(): Promise<{ results: Promise<GenerateResult>[]; restore(): void }> {
-  const loaded = await engine.load("tiny");
-  const original = loaded.native.generate;
-  const results: Promise<GenerateResult>[] = [];
-  loaded.native.generate = function (this: unknown, ...args: Parameters<typeof original>) {
-    const p = original.apply(loaded.native, args);
-    results.push(p);
-    return p;
-  };
-  return { results, restore: () => void (loaded.native.generate = original) };
-}
 
 async function firstResult(spy: { results: Promise<GenerateResult>[] }): Promise<GenerateResult | undefined> {
   const deadline = Date.now() + 10_000;
@@ -782,7 +770,7 @@ describe("Vercel AI SDK (@ai-sdk/openai-compatible)", () => {
 
 describe("cancellation", () => {
   test("aborting a chat stream through the client stops the generation and frees the model", async () => {
-    const spy = await spyGenerations();
+    const spy = await spyGenerations(engine, "tiny");
     try {
       const controller = new AbortController();
       const stream = await client.chat.completions.create(
@@ -808,7 +796,7 @@ describe("cancellation", () => {
   });
 
   test("aborting a raw fetch of a stream stops the generation and frees the model", async () => {
-    const spy = await spyGenerations();
+    const spy = await spyGenerations(engine, "tiny");
     try {
       const controller = new AbortController();
       const res = await post("/v1/chat/completions", { model: "tiny", messages: user("hi"), temperature: 0, max_tokens: 3500, stream: true }, { signal: controller.signal });

@@ -3,9 +3,8 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import OpenAI from "openai";
 import { Engine } from "../src/engine/engine.ts";
 import { ModelRegistry } from "../src/engine/registry.ts";
-import type { GenerateResult } from "../src/engine/types.ts";
 import type { Listening } from "../src/server/listen.ts";
-import { makeFixtures, parseSse, startServer } from "./helpers.ts";
+import { makeFixtures, parseSse, spyGenerations, startServer } from "./helpers.ts";
 
 // Loads models and streams on 2 shared cores: allow 60 s per test (bun's default is 5 s).
 setDefaultTimeout(60_000);
@@ -24,18 +23,6 @@ function serverWith(opts: Partial<ConstructorParameters<typeof Engine>[1]> = {})
 
 const post = (url: string, body: unknown, init: RequestInit = {}) => fetch(url, { method: "POST", body: JSON.stringify(body), ...init });
 
-/** Spies on native generations of a loaded model: their results, to prove when a slot was freed. */
-async function spy(engine: Engine, name: string) {
-  const loaded = await engine.load(name);
-  const original = loaded.native.generate;
-  const results: Promise<GenerateResult>[] = [];
-  loaded.native.generate = function (this: unknown, ...args: Parameters<typeof original>) {
-    const p = original.apply(loaded.native, args);
-    results.push(p);
-    return p;
-  };
-  return { results, native: loaded.native, restore: () => void (loaded.native.generate = original) };
-}
 
 describe("parallel slots and the queue", () => {
   test("8 simultaneous streams all complete with the right token counts (4 slots, the rest queued)", async () => {
@@ -86,7 +73,7 @@ describe("parallel slots and the queue", () => {
   test("a non-stream HTTP request whose client goes away frees its slot at once", async () => {
     const s = serverWith({ parallel: 1 });
     try {
-      const probe = await spy(s.engine, "tiny");
+      const probe = await spyGenerations(s.engine, "tiny");
       const controller = new AbortController();
       const pending = post(`${s.url}/v1/chat/completions`, { model: "tiny", messages: [{ role: "user", content: "x" }], max_tokens: 3500 }, { signal: controller.signal }).catch(() => undefined);
       while (probe.results.length === 0) await Bun.sleep(5);
