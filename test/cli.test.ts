@@ -515,13 +515,19 @@ describe("serve", () => {
         text += decoder.decode(value, { stream: true });
       }
     })();
-    const short = fetch(`${url}/api/generate`, { method: "POST", body: JSON.stringify({ model: "tiny", prompt: "y", max_tokens: 40, stream: false }) });
-    await Bun.sleep(5);
+    // A short generation, also streaming before the signal: it finishes within the grace period.
+    const shortRes = await fetch(`${url}/api/generate`, { method: "POST", body: JSON.stringify({ model: "tiny", prompt: "y", max_tokens: 40 }) });
+    const shortReader = shortRes.body!.getReader();
+    let shortText = decoder.decode((await shortReader.read()).value);
     proc.kill("SIGTERM");
+    for (;;) {
+      const { value, done } = await shortReader.read();
+      if (done) break;
+      shortText += decoder.decode(value, { stream: true });
+    }
+    const shortDone = shortText.split("\n\n").find((e) => e.startsWith("event: done"))!;
+    expect(JSON.parse(shortDone.split("data: ")[1]!)).toMatchObject({ finish_reason: "length", timings: { predicted_n: 40 } });
     await Bun.sleep(50);
-    const finished = await short;
-    expect(finished.status).toBe(200);
-    expect(((await finished.json()) as { finish_reason: string; timings: { predicted_n: number } })).toMatchObject({ finish_reason: "length", timings: { predicted_n: 40 } });
     const health = await fetch(`${url}/health`);
     expect(health.status).toBe(503);
     expect(((await health.json()) as { status: string }).status).toBe("draining");

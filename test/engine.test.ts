@@ -235,9 +235,15 @@ describe("engine", () => {
       await e.complete("c", { prompt: "x", ...greedy, maxTokens: 2, keepAliveMs: -1 });
       expect(e.ps().map((m) => m.name).sort()).toEqual(["a", "c"]);
       // A busy model is never evicted: with a and c both busy, loading b is refused (503).
-      const ca = e.complete("a", { prompt: "x", ...greedy, maxTokens: 200 });
-      const cc = e.complete("c", { prompt: "x", ...greedy, maxTokens: 200 });
-      await Bun.sleep(5);
+      // Both streaming (first token seen) before b is asked for.
+      const firstToken = () => {
+        let seen!: () => void;
+        return { p: new Promise<void>((r) => (seen = r)), on: () => seen() };
+      };
+      const [fa, fc] = [firstToken(), firstToken()];
+      const ca = e.complete("a", { prompt: "x", ...greedy, maxTokens: 200 }, fa.on);
+      const cc = e.complete("c", { prompt: "x", ...greedy, maxTokens: 200 }, fc.on);
+      await Promise.all([fa.p, fc.p]);
       const refused = await e.complete("b", { prompt: "x", ...greedy, maxTokens: 2 }).catch((err) => err);
       expect(refused.status).toBe(503);
       expect(refused.message).toContain("loaded and busy");
@@ -283,8 +289,10 @@ describe("engine", () => {
     const e = makeEngine({ base: fx.tiny });
     try {
       const bare = await e.complete("tiny", { prompt: "hello world", ...greedy, maxTokens: 16 });
-      const long = e.complete("tiny", { prompt: "hello world", ...greedy, maxTokens: 400 });
-      await Bun.sleep(5);
+      let streaming!: () => void;
+      const started = new Promise<void>((r) => (streaming = r));
+      const long = e.complete("tiny", { prompt: "hello world", ...greedy, maxTokens: 400 }, () => streaming());
+      await started;
       const st = await e.setLora("tiny", [{ path: fx.lora, scale: 1 }]);
       expect(st.loras).toEqual([{ path: fx.lora, scale: 1 }]);
       const withLora = await e.complete("tiny", { prompt: "hello world", ...greedy, maxTokens: 16 });
@@ -327,8 +335,11 @@ describe("engine", () => {
 
   test("drain: running generations get the grace period, then are aborted; new work is refused", async () => {
     const e = makeEngine({ dir: fx.dir });
-    const long = e.complete("tiny", { prompt: "x", ...greedy, maxTokens: 3500 });
-    await Bun.sleep(20);
+    // Start a long generation and wait for its first token: it is running when the drain begins.
+    let streaming!: () => void;
+    const started = new Promise<void>((r) => (streaming = r));
+    const long = e.complete("tiny", { prompt: "x", ...greedy, maxTokens: 3500 }, () => streaming());
+    await started;
     const t0 = performance.now();
     const drained = await e.drain(200);
     expect(drained.finished).toBe(false);

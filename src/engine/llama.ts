@@ -464,6 +464,52 @@ class Clock {
   }
 }
 
+/**
+ * The plumbing of one generation: an abort controller fed by the caller's signal and by stop
+ * sequences, the stop matcher, and the text emitted so far.
+ */
+class Run {
+  readonly controller = new AbortController();
+  private readonly matcher: StopMatcher;
+  private readonly onAbort: () => void;
+  stopHit = false;
+  text = "";
+  constructor(
+    private readonly signal: AbortSignal | undefined,
+    stops: string[] | undefined,
+    private readonly onText: Emit,
+  ) {
+    this.matcher = new StopMatcher(stops ?? []);
+    this.onAbort = () => this.controller.abort(signal?.reason);
+    signal?.addEventListener("abort", this.onAbort, { once: true });
+  }
+  get aborted(): boolean {
+    return this.signal?.aborted ?? false;
+  }
+  private emit(piece: string): void {
+    if (!piece) return;
+    this.text += piece;
+    this.onText(piece);
+  }
+  /** Feeds generated text through the stop matcher; a stop sequence ends the generation. */
+  readonly chunk = (chunk: string): void => {
+    if (this.stopHit) return;
+    const { emit, stopped } = this.matcher.push(chunk);
+    this.emit(emit);
+    if (stopped) {
+      this.stopHit = true;
+      this.controller.abort(new Error("stop sequence"));
+    }
+  };
+  /** Emits text held back for a possible stop sequence (generation ended another way). */
+  flush(): void {
+    this.emit(this.matcher.flush());
+  }
+  dispose(): void {
+    this.signal?.removeEventListener("abort", this.onAbort);
+  }
+}
+
 export class NativeModel {
   /** The slots new requests go to; a LoRA swap replaces it (the old one serves what it started). */
   private pool: SlotPool;
@@ -805,49 +851,30 @@ export class NativeModel {
       // prompt token is always evaluated).
       clock.cached = Math.min(commonPrefix(seq.contextTokens, input), input.length - 1);
       const completion = new LlamaCompletion({ contextSequence: seq, autoDisposeSequence: false });
-      // Our own controller: a stop sequence ends generation the same way an abort does.
-      const controller = new AbortController();
-      const onAbort = () => controller.abort(opts.signal?.reason);
-      opts.signal?.addEventListener("abort", onAbort, { once: true });
-      const matcher = new StopMatcher(opts.stop ?? []);
-      let stopHit = false;
-      let text = "";
-      const emit = (piece: string) => {
-        if (!piece) return;
-        text += piece;
-        onText(piece);
-      };
+      const run = new Run(opts.signal, opts.stop, onText);
       try {
-        if (opts.signal?.aborted) return clock.result("", "abort");
+        if (run.aborted) return clock.result("", "abort");
         const res = await completion.generateCompletionWithMeta(tokens, {
           ...sampling,
           grammar,
-          signal: controller.signal,
+          signal: run.controller.signal,
           stopOnAbortSignal: true,
           maxTokens,
           customStopTriggers: triggers.length ? triggers : undefined,
           disableContextShift: true,
           onToken: (t) => clock.onTokens(t.length),
-          onTextChunk: (chunk) => {
-            if (stopHit) return;
-            const { emit: safe, stopped } = matcher.push(chunk);
-            emit(safe);
-            if (stopped) {
-              stopHit = true;
-              controller.abort(new Error("stop sequence"));
-            }
-          },
+          onTextChunk: run.chunk,
         });
         const reason = res.metadata.stopReason;
-        if (stopHit) return clock.result(text, "stop");
-        if (opts.signal?.aborted || reason === "abort") return clock.result(text, "abort");
-        emit(matcher.flush());
-        return clock.result(text, reason === "maxTokens" ? "length" : "stop");
+        if (run.stopHit) return clock.result(run.text, "stop");
+        if (run.aborted || reason === "abort") return clock.result(run.text, "abort");
+        run.flush();
+        return clock.result(run.text, reason === "maxTokens" ? "length" : "stop");
       } catch (err) {
-        if (stopHit || opts.signal?.aborted) return clock.result(text, stopHit ? "stop" : "abort");
+        if (run.stopHit || run.aborted) return clock.result(run.text, run.stopHit ? "stop" : "abort");
         throw new GenerationError(`generation failed: ${(err as Error).message}`, { cause: err });
       } finally {
-        opts.signal?.removeEventListener("abort", onAbort);
+        run.dispose();
         completion.dispose({ disposeSequence: false });
       }
     }, input);
@@ -895,17 +922,7 @@ export class NativeModel {
     return this.onSlot(opts.signal, () => clock.result("", "abort"), async (seq) => {
       clock.tStart = performance.now();
       const chat = new LlamaChat({ contextSequence: seq, chatWrapper: wrapper, autoDisposeSequence: false });
-      const controller = new AbortController();
-      const onAbort = () => controller.abort(opts.signal?.reason);
-      opts.signal?.addEventListener("abort", onAbort, { once: true });
-      const matcher = new StopMatcher(opts.stop ?? []);
-      let stopHit = false;
-      let text = "";
-      const emit = (piece: string) => {
-        if (!piece) return;
-        text += piece;
-        onText(piece);
-      };
+      const run = new Run(opts.signal, opts.stop, onText);
       try {
         await seq.clearHistory();
         const res = await chat.generateResponse(history, {
@@ -913,32 +930,24 @@ export class NativeModel {
           functions,
           documentFunctionParams: true,
           maxTokens,
-          signal: controller.signal,
+          signal: run.controller.signal,
           stopOnAbortSignal: true,
           onToken: (t) => clock.onTokens(t.length),
-          onTextChunk: (chunk) => {
-            if (stopHit) return;
-            const { emit: safe, stopped } = matcher.push(chunk);
-            emit(safe);
-            if (stopped) {
-              stopHit = true;
-              controller.abort(new Error("stop sequence"));
-            }
-          },
+          onTextChunk: run.chunk,
         });
         if (res.functionCalls?.length) {
           const calls = res.functionCalls.map((c) => ({ id: newCallId(), name: c.functionName, arguments: JSON.stringify(c.params ?? {}) }));
-          return clock.result(text, "tool_calls", calls);
+          return clock.result(run.text, "tool_calls", calls);
         }
-        if (stopHit) return clock.result(text, "stop");
-        if (opts.signal?.aborted || res.metadata.stopReason === "abort") return clock.result(text, "abort");
-        emit(matcher.flush());
-        return clock.result(text, res.metadata.stopReason === "maxTokens" ? "length" : "stop");
+        if (run.stopHit) return clock.result(run.text, "stop");
+        if (run.aborted || res.metadata.stopReason === "abort") return clock.result(run.text, "abort");
+        run.flush();
+        return clock.result(run.text, res.metadata.stopReason === "maxTokens" ? "length" : "stop");
       } catch (err) {
-        if (stopHit || opts.signal?.aborted) return clock.result(text, stopHit ? "stop" : "abort");
+        if (run.stopHit || run.aborted) return clock.result(run.text, run.stopHit ? "stop" : "abort");
         throw new GenerationError(`generation failed: ${(err as Error).message}`, { cause: err });
       } finally {
-        opts.signal?.removeEventListener("abort", onAbort);
+        run.dispose();
         chat.dispose({ disposeSequence: false });
       }
     });
