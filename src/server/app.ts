@@ -97,7 +97,13 @@ export function createApp({ engine, security, requestLog }: AppDeps) {
     .onAfterResponse(({ request, route, set, responseValue }) => {
       const status = responseValue instanceof Response ? responseValue.status : typeof set.status === "number" ? set.status : 200;
       metrics.countRequest(request.method, route || "unmatched", status);
-      if (requestLog) logRequest(requestLog.format, requestLog.prompts, request.method, new URL(request.url).pathname, status, requestNote(request));
+      if (requestLog) {
+        const line = () => logRequest(requestLog.format, requestLog.prompts, request.method, new URL(request.url).pathname, status, requestNote(request));
+        const note = requestNote(request);
+        // A stream's response goes out before its tokens: log when the generation has ended.
+        if (note.streaming) annotate(request, { whenSettled: line });
+        else line();
+      }
     })
     .onError(({ code, error, request, set }) => {
       // One table: every failure becomes a ShimmyError, answered in the shape of the route's API.

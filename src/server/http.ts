@@ -75,12 +75,13 @@ export function wireTimings(t: Timings): WireTimings {
  * status. Returns an iterator that yields that first event again, then the rest.
  */
 export async function startGeneration(engine: ServingEngine, model: string, opts: GenerateOptions, request?: Request): Promise<AsyncGenerator<TokenEvent, void, undefined>> {
-  if (request) annotate(request, { model, prompt: opts.prompt ?? opts.messages?.findLast((m) => m.role === "user")?.content });
+  if (request) annotate(request, { model, streaming: true, prompt: opts.prompt ?? opts.messages?.findLast((m) => m.role === "user")?.content });
   const it = engine.generate(model, opts);
   let first: IteratorResult<TokenEvent, void>;
   try {
     first = await it.next();
   } catch (err) {
+    if (request) settleNote(request);
     throw toShimmyError(err);
   }
   const note = (ev: TokenEvent) => {
@@ -97,6 +98,7 @@ export async function startGeneration(engine: ServingEngine, model: string, opts
       }
     } finally {
       await it.return(undefined);
+      if (request) settleNote(request);
     }
   })();
 }
@@ -158,6 +160,10 @@ export interface RequestNote {
   prompt?: string;
   finishReason?: string;
   timings?: Timings;
+  /** A generation is streaming: the log line waits for it to end. */
+  streaming?: boolean;
+  /** Called once when the generation ends (set by the request log for streams). */
+  whenSettled?: () => void;
 }
 
 const notes = new WeakMap<Request, RequestNote>();
@@ -169,4 +175,14 @@ export function annotate(request: Request, note: RequestNote): void {
 
 export function requestNote(request: Request): RequestNote {
   return notes.get(request) ?? {};
+}
+
+/** The request's generation has ended (done, error or disconnect): run its pending log line. */
+function settleNote(request: Request): void {
+  const n = notes.get(request);
+  if (!n) return;
+  n.streaming = false;
+  const cb = n.whenSettled;
+  n.whenSettled = undefined;
+  cb?.();
 }
