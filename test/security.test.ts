@@ -191,6 +191,8 @@ describe("limits and logs", () => {
       const made = await fetch(`${quiet.url}/health`, { headers: { "x-request-id": "bad id with spaces" } });
       expect(made.headers.get("x-request-id")).toMatch(/^[0-9a-f-]{36}$/);
       await fetch(`${loud.url}/api/generate`, { method: "POST", body: JSON.stringify({ model: "tiny", prompt: "visible words", max_tokens: 2, stream: false }) }).then((x) => x.text());
+      // A stream's line is written when the generation ends, with its tokens.
+      await fetch(`${quiet.url}/v1/chat/completions`, { method: "POST", headers: { "x-request-id": "stream-1" }, body: JSON.stringify({ model: "tiny", messages: [{ role: "user", content: "x" }], max_tokens: 3, stream: true }) }).then((x) => x.text());
       await Bun.sleep(50);
     } finally {
       process.stderr.write = write;
@@ -200,6 +202,7 @@ describe("limits and logs", () => {
     const records = lines.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
     const gen = records.find((x) => x.id === "abc-123");
     expect(gen).toMatchObject({ method: "POST", path: "/api/generate", status: 200, model: "tiny", prompt_n: expect.any(Number), predicted_n: 2, finish: "length" });
+    expect(records.filter((x) => x.id === "stream-1")).toEqual([expect.objectContaining({ path: "/v1/chat/completions", status: 200, predicted_n: 3, finish: "length" })]);
     expect(JSON.stringify(records)).not.toContain("secret words");
     expect(records.some((x) => x.prompt === "visible words")).toBe(true);
   });
