@@ -29,9 +29,14 @@ function fakeEngine(script: string[] = ["Hel", "lo\nwor", "ld"]) {
     tokenize: async () => ({ model: "fake", tokens: [1, 2], pieces: ["a", "b"] }),
     detokenize: async () => ({ model: "fake", text: "ab" }),
     embed: async () => ({ model: "fake", vectors: [[0.5, 0.25]], promptTokens: 2 }),
+    metadata: async () => ({ metadata: { "general.architecture": "llama" } }),
     async *generate(name: string, opts: GenerateOptions): AsyncGenerator<TokenEvent, void, undefined> {
       calls.push(opts);
       if (name === "broken") throw new ModelLoadError("failed to load /x/broken.gguf: Failed to load model");
+      if (name === "caller") {
+        yield { type: "done", model: name, text: "", finishReason: "tool_calls", timings, toolCalls: [{ id: "call_0", name: "get_weather", arguments: '{"city":"Paris"}' }] };
+        return;
+      }
       if (name !== "fake" && name !== "dies") throw new ModelNotFoundError(name, ["fake"]);
       let i = 0;
       for (const text of script) {
@@ -172,6 +177,61 @@ describe("OpenAI routes (fake engine)", () => {
     const unknown = await createApp(fakeEngine()).handle(new Request("http://local/v1/nope"));
     expect(unknown.status).toBe(404);
     expect((await unknown.json() as any).error.message).toBe("no route for GET /v1/nope");
+  });
+});
+
+describe("Ollama routes (fake engine)", () => {
+  test("tool calls come back as Ollama's message.tool_calls with object arguments; history maps to engine messages", async () => {
+    const fake = fakeEngine();
+    const body = {
+      model: "caller",
+      stream: false,
+      tools: [{ type: "function", function: { name: "get_weather", description: "w", parameters: { type: "object", properties: { city: { type: "string" } } } } }],
+      messages: [
+        { role: "user", content: "weather?" },
+        { role: "assistant", content: "", tool_calls: [{ function: { name: "get_weather", arguments: { city: "Oslo" } } }] },
+        { role: "tool", content: "sunny" },
+      ],
+    };
+    const res = await post(createApp(fake), "/api/chat", body);
+    expect(res.status).toBe(200);
+    const j = (await res.json()) as any;
+    expect(j.done).toBe(true);
+    expect(j.done_reason).toBe("stop");
+    expect(j.message).toEqual({ role: "assistant", content: "", tool_calls: [{ function: { name: "get_weather", arguments: { city: "Paris" } } }] });
+    const sent = fake.calls[0]!;
+    expect(sent.tools?.[0]?.name).toBe("get_weather");
+    expect(sent.messages?.[1]?.toolCalls?.[0]).toEqual({ id: "call_0", name: "get_weather", arguments: '{"city":"Oslo"}' });
+    expect(sent.messages?.[2]).toEqual({ role: "tool", content: "sunny", toolCallId: "call_0" });
+  });
+
+  test("streamed NDJSON: token lines then a done line with nanosecond durations", async () => {
+    const res = await post(createApp(fakeEngine()), "/api/chat", { model: "fake", messages: [{ role: "user", content: "hi" }] });
+    expect(res.headers.get("content-type")).toContain("application/x-ndjson");
+    const lines = (await res.text()).trim().split("\n").map((l) => JSON.parse(l));
+    expect(lines.slice(0, -1).map((l) => l.message.content).join("")).toBe("Hello\nworld");
+    const last = lines.at(-1);
+    expect(last.done).toBe(true);
+    expect(last.done_reason).toBe("length");
+    for (const k of ["total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration"]) expect(typeof last[k]).toBe("number");
+  });
+
+  test("format, options and keep_alive are validated with the field named", async () => {
+    const app = createApp(fakeEngine());
+    for (const [bad, field] of [[{ format: 42 }, "format"], [{ options: { top_k: 1.5 } }, "top_k"], [{ options: { num_ctx: 0 } }, "num_ctx"], [{ keep_alive: true }, "keep_alive"], [{ tools: "x" }, "tools"]] as const) {
+      const res = await post(app, "/api/chat", { model: "fake", messages: [{ role: "user", content: "x" }], ...bad });
+      expect(res.status).toBe(400);
+      expect(((await res.json()) as { error: string }).error).toContain(field);
+    }
+  });
+
+  test("format json / schema reach the engine as a response format", async () => {
+    const fake = fakeEngine();
+    const app = createApp(fake);
+    await post(app, "/api/chat", { model: "fake", stream: false, format: "json", messages: [{ role: "user", content: "x" }] });
+    await post(app, "/api/chat", { model: "fake", stream: false, format: { type: "object" }, messages: [{ role: "user", content: "x" }] });
+    expect(fake.calls[0]!.responseFormat).toEqual({ type: "json_object" });
+    expect(fake.calls[1]!.responseFormat).toEqual({ type: "json_schema", schema: { type: "object" } });
   });
 });
 

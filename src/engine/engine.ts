@@ -242,6 +242,14 @@ export class Engine {
     };
   }
 
+  /** GGUF metadata and chat template of a registered model, read from its header (no load). */
+  async metadata(name: string): Promise<{ metadata: Record<string, unknown>; chatTemplate?: string }> {
+    const entry = await this.resolve(name);
+    if (entry.problem) throw new ModelLoadError(entry.problem);
+    await ensureNativeRuntime({ runtimeDir: this.options.runtimeDir, cacheDir: this.options.cacheDir ?? os.tmpdir() });
+    return (await import("./llama.ts")).readModelMetadata(entry.path);
+  }
+
   /** One model's lifecycle state. */
   async status(name: string): Promise<ModelStatus> {
     const entry = await this.resolve(name);

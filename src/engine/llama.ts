@@ -287,6 +287,27 @@ export async function readModelMeta(file: string): Promise<ModelMeta> {
 }
 
 /**
+ * A model's GGUF metadata, flattened to dotted keys (`llama.context_length`) as Ollama's
+ * `model_info` shows it; the tokenizer's vocabulary arrays are left out (they are megabytes).
+ */
+export async function readModelMetadata(file: string): Promise<{ metadata: Record<string, unknown>; chatTemplate?: string }> {
+  const info = await readHeader(file);
+  const out: Record<string, unknown> = {};
+  const walk = (o: Record<string, unknown>, prefix: string) => {
+    for (const [k, v] of Object.entries(o)) {
+      const key = prefix ? `${prefix}.${k}` : k;
+      if (key === "tokenizer.chat_template") continue;
+      if (Array.isArray(v)) out[key] = v.length > 64 ? null : v;
+      else if (v && typeof v === "object") walk(v as Record<string, unknown>, key);
+      else out[key] = typeof v === "bigint" ? Number(v) : v;
+    }
+  };
+  walk(info.metadata as unknown as Record<string, unknown>, "");
+  const template = (info.metadata as { tokenizer?: { chat_template?: unknown } }).tokenizer?.chat_template;
+  return { metadata: out, ...(typeof template === "string" ? { chatTemplate: template } : {}) };
+}
+
+/**
  * Rejects files that would abort the whole process inside llama.cpp instead of failing cleanly:
  * a non-GGUF or truncated file, a missing attention head count, a SentencePiece vocabulary without
  * its byte tokens.

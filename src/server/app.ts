@@ -13,6 +13,7 @@ import { openaiErrorResponse, openaiRoutes } from "./routes/openai.ts";
 import { Metrics } from "./metrics.ts";
 import { violationMessage } from "./validation.ts";
 import { opsRoutes } from "./routes/ops.ts";
+import { ollamaRoutes } from "./routes/ollama.ts";
 
 export interface AppDeps {
   engine: ServingEngine;
@@ -124,6 +125,7 @@ export function createApp({ engine, security, requestLog }: AppDeps) {
     })
     .use(opsRoutes(engine, metrics))
     .use(nativeRoutes(engine))
+    .use(ollamaRoutes(engine))
     .use(openaiRoutes(engine));
 }
 

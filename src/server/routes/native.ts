@@ -6,6 +6,7 @@ import { BadRequestError, toShimmyError } from "../../errors.ts";
 import type { GenerateOptions } from "../../engine/types.ts";
 import { log } from "../../log.ts";
 import { violationMessage } from "../validation.ts";
+import { ollamaGenerate, wantsOllama } from "./ollama.ts";
 import { settle, errorJson, keepAliveOption, parseJsonBody, promptOrMessages, type ServingEngine, sseEvent, startGeneration, wireTimings } from "../http.ts";
 
 /** Maps the wire request to engine options. Throws BadRequestError for what the schema cannot say. */
@@ -33,9 +34,14 @@ export const nativeRoutes = (engine: ServingEngine) =>
   new Elysia({ name: "shimmy.native" })
     .post(
       "/api/generate",
-      async function* ({ body, request, set }) {
+      async function* ({ body: raw, request, set }) {
+        // One path, two APIs: Ollama's clients (Accept: application/json or x-ndjson, or Ollama-only
+        // fields) get Ollama's NDJSON; everyone else gets shimmy's SSE / JSON.
+        if (raw && typeof raw === "object" && !Array.isArray(raw) && wantsOllama(request, raw as Record<string, unknown>)) return yield* ollamaGenerate(engine, raw as Record<string, unknown>, request, set);
         let events;
+        let body: GenerateRequest;
         try {
+          body = validateGenerate(raw);
           events = await startGeneration(engine, body.model, toGenerateOptions(body, request.signal), request);
         } catch (err) {
           return settle(set, errorJson(err));
@@ -63,7 +69,7 @@ export const nativeRoutes = (engine: ServingEngine) =>
           yield sseEvent(JSON.stringify({ error: e.message }), "error");
         }
       },
-      { body: GenerateRequest, parse: parseJsonBody },
+      { parse: parseJsonBody },
     )
     .ws("/ws/generate", {
       open(ws) {

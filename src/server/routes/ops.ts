@@ -14,6 +14,10 @@ import type { Metrics } from "../metrics.ts";
 function wireStatus(s: ModelStatus) {
   return {
     name: s.name,
+    // Ollama's /api/ps fields, so its clients can read this list too.
+    model: s.name,
+    size: s.sizeBytes ?? 0,
+    size_vram: 0,
     state: s.state,
     active: s.active,
     queued: s.queued,
