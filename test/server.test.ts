@@ -30,6 +30,7 @@ function fakeEngine(script: string[] = ["Hel", "lo\nwor", "ld"]) {
     detokenize: async () => ({ model: "fake", text: "ab" }),
     embed: async () => ({ model: "fake", vectors: [[0.5, 0.25]], promptTokens: 2 }),
     metadata: async () => ({ metadata: { "general.architecture": "llama" } }),
+    countTokens: async () => ({ model: "fake", tokens: 7 }),
     async *generate(name: string, opts: GenerateOptions): AsyncGenerator<TokenEvent, void, undefined> {
       calls.push(opts);
       if (name === "broken") throw new ModelLoadError("failed to load /x/broken.gguf: Failed to load model");
@@ -232,6 +233,31 @@ describe("Ollama routes (fake engine)", () => {
     await post(app, "/api/chat", { model: "fake", stream: false, format: { type: "object" }, messages: [{ role: "user", content: "x" }] });
     expect(fake.calls[0]!.responseFormat).toEqual({ type: "json_object" });
     expect(fake.calls[1]!.responseFormat).toEqual({ type: "json_schema", schema: { type: "object" } });
+  });
+});
+
+describe("Anthropic routes (fake engine)", () => {
+  test("errors on /v1/messages use Anthropic's shape, validation errors name the field", async () => {
+    const app = createApp(fakeEngine());
+    const res = await post(app, "/v1/messages", { model: "fake", max_tokens: 0, messages: [{ role: "user", content: "x" }] });
+    expect(res.status).toBe(400);
+    const j = (await res.json()) as { type: string; error: { type: string; message: string } };
+    expect(j.type).toBe("error");
+    expect(j.error.type).toBe("invalid_request_error");
+    expect(j.error.message).toContain("max_tokens");
+    const nf = await post(app, "/v1/messages", { model: "other", max_tokens: 5, messages: [{ role: "user", content: "x" }] });
+    expect(nf.status).toBe(404);
+    expect(((await nf.json()) as { error: { type: string } }).error.type).toBe("not_found_error");
+  });
+
+  test("a tool call becomes a tool_use block with stop_reason tool_use; count_tokens answers input_tokens", async () => {
+    const app = createApp(fakeEngine());
+    const res = await post(app, "/v1/messages", { model: "caller", max_tokens: 50, messages: [{ role: "user", content: "x" }], tools: [{ name: "get_weather", input_schema: { type: "object" } }] });
+    const j = (await res.json()) as any;
+    expect(j.stop_reason).toBe("tool_use");
+    expect(j.content).toEqual([{ type: "tool_use", id: "call_0", name: "get_weather", input: { city: "Paris" } }]);
+    const c = await post(app, "/v1/messages/count_tokens", { model: "fake", messages: [{ role: "user", content: "x" }] });
+    expect(await c.json()).toEqual({ input_tokens: 7 });
   });
 });
 

@@ -55,3 +55,13 @@ describe("StopMatcher", () => {
     expect(m.push("abc")).toEqual({ emit: "abc", stopped: false });
   });
 });
+
+describe("StopMatcher.matched", () => {
+  test("names the stop sequence that ended the text (the earliest in the text, across chunks)", () => {
+    const m = new StopMatcher(["END", "xy"]);
+    expect(m.push("abc x").stopped).toBe(false);
+    expect(m.matched).toBeUndefined();
+    expect(m.push("y then END")).toEqual({ emit: "", stopped: true });
+    expect(m.matched).toBe("xy");
+  });
+});

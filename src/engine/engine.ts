@@ -334,7 +334,7 @@ export class Engine {
         if (failure) throw toShimmyError(failure);
         const r = result!;
         this.observer.onDone?.(model.entry.name, r.timings, r.finishReason);
-        yield { type: "done", model: model.entry.name, text: r.text, finishReason: r.finishReason, timings: r.timings, ...(r.toolCalls ? { toolCalls: r.toolCalls } : {}), ...(r.logprobs ? { logprobs: r.logprobs } : {}) };
+        yield { type: "done", model: model.entry.name, text: r.text, finishReason: r.finishReason, timings: r.timings, ...(r.toolCalls ? { toolCalls: r.toolCalls } : {}), ...(r.logprobs ? { logprobs: r.logprobs } : {}), ...(r.stopSequence !== undefined ? { stopSequence: r.stopSequence } : {}) };
       } finally {
         if (!ended) controller.abort(new Error("consumer stopped"));
         await run;
@@ -365,6 +365,12 @@ export class Engine {
     const m = await this.load(name);
     const tokens = m.native.tokenize(text, opts.special ?? false, opts.addBos ?? false);
     return { model: m.entry.name, tokens, pieces: m.native.pieces(tokens) };
+  }
+
+  /** How many tokens the prompt of `opts` takes on a model (loading it if needed), as a generation would count them. */
+  async countTokens(name: string, opts: GenerateOptions): Promise<{ model: string; tokens: number }> {
+    const m = await this.load(name);
+    return { model: m.entry.name, tokens: m.native.countPromptTokens(opts) };
   }
 
   /** Text of token ids for a model; ids outside the vocabulary are a BadRequestError. */

@@ -491,7 +491,7 @@ class Clock {
  */
 class Run {
   readonly controller = new AbortController();
-  private readonly matcher: StopMatcher;
+  readonly matcher: StopMatcher;
   private readonly onAbort: () => void;
   stopHit = false;
   text = "";
@@ -679,6 +679,16 @@ export class NativeModel {
     const bos = this.prependsBos ? this.model.tokens.bos : null;
     while (bos != null && tokens[0] === bos) tokens = tokens.slice(1);
     return { tokens, triggers: state.stopGenerationTriggers };
+  }
+
+  /** Tokens the prompt of `opts` takes (BOS and tool definitions included), without generating. */
+  countPromptTokens(opts: GenerateOptions): number {
+    const tools = opts.tools?.length && opts.toolChoice !== "none" ? opts.tools : undefined;
+    if (!tools) return this.renderPrompt(opts).tokens.length + (this.prependsBos ? 1 : 0);
+    const functions: ChatModelFunctions = Object.fromEntries(tools.map((t) => [t.name, { description: t.description, params: t.parameters ? toGbnfSchema(t.parameters) : undefined }]));
+    const wrapper = this.chatWrapper(opts.chatTemplate ?? this.defaultTemplate);
+    const state = wrapper.generateContextState({ chatHistory: wrapper.addAvailableFunctionsSystemMessageToHistory(this.history(opts), functions, { documentParams: true }), availableFunctions: functions, documentFunctionParams: true });
+    return state.contextText.tokenize(this.model.tokenizer).length;
   }
 
   private promptTokensOf(tokens: Token[]): number {
@@ -887,12 +897,12 @@ export class NativeModel {
           onTextChunk: run.chunk,
         });
         const reason = res.metadata.stopReason;
-        if (run.stopHit) return clock.result(run.text, "stop");
+        if (run.stopHit) return { ...clock.result(run.text, "stop"), stopSequence: run.matcher.matched };
         if (run.aborted || reason === "abort") return clock.result(run.text, "abort");
         run.flush();
         return clock.result(run.text, reason === "maxTokens" ? "length" : "stop");
       } catch (err) {
-        if (run.stopHit || run.aborted) return clock.result(run.text, run.stopHit ? "stop" : "abort");
+        if (run.stopHit || run.aborted) return run.stopHit ? { ...clock.result(run.text, "stop"), stopSequence: run.matcher.matched } : clock.result(run.text, "abort");
         throw new GenerationError(`generation failed: ${(err as Error).message}`, { cause: err });
       } finally {
         run.dispose();
@@ -960,12 +970,12 @@ export class NativeModel {
           const calls = res.functionCalls.map((c) => ({ id: newCallId(), name: c.functionName, arguments: JSON.stringify(c.params ?? {}) }));
           return clock.result(run.text, "tool_calls", calls);
         }
-        if (run.stopHit) return clock.result(run.text, "stop");
+        if (run.stopHit) return { ...clock.result(run.text, "stop"), stopSequence: run.matcher.matched };
         if (run.aborted || res.metadata.stopReason === "abort") return clock.result(run.text, "abort");
         run.flush();
         return clock.result(run.text, res.metadata.stopReason === "maxTokens" ? "length" : "stop");
       } catch (err) {
-        if (run.stopHit || run.aborted) return clock.result(run.text, run.stopHit ? "stop" : "abort");
+        if (run.stopHit || run.aborted) return run.stopHit ? { ...clock.result(run.text, "stop"), stopSequence: run.matcher.matched } : clock.result(run.text, "abort");
         throw new GenerationError(`generation failed: ${(err as Error).message}`, { cause: err });
       } finally {
         run.dispose();

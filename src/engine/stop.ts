@@ -6,6 +6,8 @@
 export class StopMatcher {
   private held = "";
   private readonly stops: string[];
+  /** The stop sequence that ended the text, once one has. */
+  matched: string | undefined;
 
   constructor(stops: readonly string[]) {
     this.stops = stops.filter((s) => s.length > 0);
@@ -21,7 +23,10 @@ export class StopMatcher {
     let at = -1;
     for (const s of this.stops) {
       const i = buf.indexOf(s);
-      if (i >= 0 && (at < 0 || i < at)) at = i;
+      if (i >= 0 && (at < 0 || i < at)) {
+        at = i;
+        this.matched = s;
+      }
     }
     if (at >= 0) {
       this.held = "";

@@ -114,7 +114,7 @@ export interface TokenLogprob {
 
 export type TokenEvent =
   | { type: "token"; text: string; logprobs?: TokenLogprob[] }
-  | { type: "done"; model: string; text: string; finishReason: FinishReason; timings: Timings; toolCalls?: ToolCall[]; logprobs?: TokenLogprob[] };
+  | { type: "done"; model: string; text: string; finishReason: FinishReason; timings: Timings; toolCalls?: ToolCall[]; logprobs?: TokenLogprob[]; stopSequence?: string };
 
 export interface GenerateResult {
   text: string;
@@ -124,6 +124,8 @@ export interface GenerateResult {
   toolCalls?: ToolCall[];
   /** Set when `logprobs` was asked for: one entry per generated token. */
   logprobs?: TokenLogprob[];
+  /** The caller's stop sequence that ended the text (finish reason `stop`), if one did. */
+  stopSequence?: string;
 }
 
 export interface LoraAdapter {

@@ -14,6 +14,7 @@ import { Metrics } from "./metrics.ts";
 import { violationMessage } from "./validation.ts";
 import { opsRoutes } from "./routes/ops.ts";
 import { ollamaRoutes } from "./routes/ollama.ts";
+import { anthropicErrorResponse, anthropicRoutes } from "./routes/anthropic.ts";
 
 export interface AppDeps {
   engine: ServingEngine;
@@ -22,6 +23,9 @@ export interface AppDeps {
   /** One log line per request; off unless given. `prompts` adds the prompt text. */
   requestLog?: { format: "text" | "json"; prompts: boolean };
 }
+
+/** Routes answered in Anthropic's error shape (checked before OpenAI's). */
+const ANTHROPIC_PATHS = /^\/v1\/messages(\/|$)/;
 
 /** Routes answered in OpenAI's error shape. */
 const OPENAI_PATHS = /^\/(v1\/|tokenize$|detokenize$)/;
@@ -52,6 +56,7 @@ function validationMessage(error: unknown): string {
 
 /** An error as the route's API answers it. */
 function errorFor(path: string, e: ShimmyError): Response {
+  if (ANTHROPIC_PATHS.test(path)) return anthropicErrorResponse(e);
   return OPENAI_PATHS.test(path) ? openaiErrorResponse(e) : errorJson(e);
 }
 
@@ -126,7 +131,8 @@ export function createApp({ engine, security, requestLog }: AppDeps) {
     .use(opsRoutes(engine, metrics))
     .use(nativeRoutes(engine))
     .use(ollamaRoutes(engine))
-    .use(openaiRoutes(engine));
+    .use(openaiRoutes(engine))
+    .use(anthropicRoutes(engine));
 }
 
 export type App = ReturnType<typeof createApp>;

@@ -11,7 +11,7 @@ import type { GenerateOptions, Timings, TokenEvent } from "../engine/types.ts";
 /** What the server needs from the engine (a fake can stand in for fast unit tests). */
 export type ServingEngine = Pick<
   Engine,
-  "generate" | "list" | "resolve" | "metadata" | "backendInfo" | "loadedNames" | "options" | "tokenize" | "detokenize" | "embed" | "load" | "unload" | "status" | "ps" | "setLora" | "state" | "observer"
+  "generate" | "list" | "resolve" | "metadata" | "countTokens" | "backendInfo" | "loadedNames" | "options" | "tokenize" | "detokenize" | "embed" | "load" | "unload" | "status" | "ps" | "setLora" | "state" | "observer"
 >;
 
 /** The status and JSON body of an error in shimmy's native shape `{"error": "..."}`. */
