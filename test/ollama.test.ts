@@ -90,6 +90,31 @@ describe("Ollama API (official client)", () => {
     expect(Number.isInteger((JSON.parse(s.response ?? "") as { n: number }).n)).toBe(true);
   });
 
+  test("tools and a tool-call history go through the chat template; keep_alive sets the expiry", async () => {
+    const tools = [{ type: "function", function: { name: "get_weather", description: "Weather in a city", parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] } } }];
+    const plain = await ollama.chat({ model: "tiny", messages: [{ role: "user", content: "Weather in Paris?" }], options: { temperature: 0, num_predict: 2 } });
+    const r = await ollama.chat({
+      model: "tiny",
+      tools,
+      keep_alive: "17m",
+      messages: [
+        { role: "user", content: "Weather in Paris?" },
+        { role: "assistant", content: "", tool_calls: [{ function: { name: "get_weather", arguments: { city: "Paris" } } }] },
+        { role: "tool", content: "sunny, 21C" },
+      ],
+      options: { temperature: 0, num_predict: 2 },
+    });
+    expect(r.done).toBe(true);
+    // The tool definitions, the call and its result all reach the prompt.
+    expect(r.prompt_eval_count!).toBeGreaterThan(plain.prompt_eval_count! + 20);
+    // The expiry is set once the model is idle again (right after the last line is sent).
+    const expiry = () => engine.ps().find((m) => m.name === "tiny")?.expiresAt;
+    for (let i = 0; i < 40 && !expiry(); i++) await Bun.sleep(50);
+    const expires = Date.parse(expiry()!);
+    expect(expires - Date.now()).toBeGreaterThan(16 * 60_000);
+    await ollama.chat({ model: "tiny", messages: [{ role: "user", content: "x" }], keep_alive: "5m", options: { num_predict: 1 } });
+  });
+
   test("embed: one vector per input, deterministic", async () => {
     const r = await ollama.embed({ model: "tiny", input: ["hello", "goodbye"] });
     expect(r.embeddings).toHaveLength(2);

@@ -263,7 +263,8 @@ export const ollamaRoutes = (engine: ServingEngine) =>
           const entry = await engine.resolve(name);
           const m = (await engine.list()).find((x) => x.name === entry.name)!;
           const info = await engine.metadata(entry.name);
-          const ctx = engine.options.ctxSize;
+          // The context a load gets: --ctx-size, capped at what the model was trained for.
+          const ctx = Math.min(engine.options.ctxSize, m.meta?.contextLength ?? Number.POSITIVE_INFINITY);
           return {
             modelfile: `FROM ${m.path}\n`,
             parameters: `num_ctx ${ctx}`,
