@@ -2,29 +2,16 @@
  * Needs a model: Anthropic's Messages API on a real loopback server, driven by the official
  * `@anthropic-ai/sdk` client and raw fetch for the exact SSE event sequence.
  */
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import Anthropic from "@anthropic-ai/sdk";
-import type { Engine } from "../src/engine/engine.ts";
-import type { Listening } from "../src/server/listen.ts";
-import { makeEngine, makeFixtures, readSse, spyGenerations, startServer } from "./helpers.ts";
+import { readSse, serveFixtures, spyGenerations } from "./helpers.ts";
 
 setDefaultTimeout(60_000);
 
-let fx: Awaited<ReturnType<typeof makeFixtures>>;
-let engine: Engine;
-let server: Listening;
+const ctx = serveFixtures();
 let client: Anthropic;
-
-beforeAll(async () => {
-  fx = await makeFixtures();
-  engine = makeEngine({ dir: fx.dir });
-  server = startServer(engine);
-  client = new Anthropic({ baseURL: server.url, apiKey: "x", maxRetries: 0 });
-});
-afterAll(async () => {
-  await server?.stop();
-  await engine?.close();
-  fx?.cleanup();
+beforeAll(() => {
+  client = new Anthropic({ baseURL: ctx.server.url, apiKey: "x", maxRetries: 0 });
 });
 
 /** Greedy sampling: this SDK's types no longer list temperature, but the wire field is honoured. */
@@ -125,7 +112,7 @@ describe("Anthropic Messages (official SDK)", () => {
 });
 
 describe("Anthropic wire format (raw HTTP)", () => {
-  const post = (body: unknown, path = "/v1/messages") => fetch(`${server.url}${path}`, { method: "POST", headers: { "content-type": "application/json" }, body: typeof body === "string" ? body : JSON.stringify(body) });
+  const post = (body: unknown, path = "/v1/messages") => fetch(`${ctx.server.url}${path}`, { method: "POST", headers: { "content-type": "application/json" }, body: typeof body === "string" ? body : JSON.stringify(body) });
 
   test("the SSE event sequence is message_start, ping, content_block_start/delta/stop, message_delta, message_stop", async () => {
     const res = await post({ model: "tiny", max_tokens: 4, ...greedy, stream: true, messages: user("hello") });
@@ -157,7 +144,7 @@ describe("Anthropic wire format (raw HTTP)", () => {
   });
 
   test("aborting a stream stops the generation", async () => {
-    const spy = await spyGenerations(engine, "tiny");
+    const spy = await spyGenerations(ctx.engine, "tiny");
     try {
       const stream = client.messages.stream({ model: "tiny", max_tokens: 3500, ...greedy, messages: user("hello") });
       let seen = 0;

@@ -1,4 +1,5 @@
 /** Shared test fixtures: generated models in a temp dir, a real engine, a real listening server. */
+import { afterAll, beforeAll } from "bun:test";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -35,6 +36,25 @@ export function makeEngine(opts: { dir?: string; base?: string; lora?: string; c
 /** Starts the real app on an ephemeral loopback port. */
 export function startServer(engine: Engine): Listening {
   return listen(createApp({ engine }), "127.0.0.1:0");
+}
+
+/**
+ * The usual setup of a test file that needs a model: fixtures, a real engine and a real server,
+ * made in `beforeAll` and torn down in `afterAll`. Read the fields inside tests (or later hooks).
+ */
+export function serveFixtures(): { fx: Awaited<ReturnType<typeof makeFixtures>>; engine: Engine; server: Listening } {
+  const ctx = {} as { fx: Awaited<ReturnType<typeof makeFixtures>>; engine: Engine; server: Listening };
+  beforeAll(async () => {
+    ctx.fx = await makeFixtures();
+    ctx.engine = makeEngine({ dir: ctx.fx.dir });
+    ctx.server = startServer(ctx.engine);
+  });
+  afterAll(async () => {
+    await ctx.server?.stop();
+    await ctx.engine?.close();
+    ctx.fx?.cleanup();
+  });
+  return ctx;
 }
 
 /** Runs the real CLI; returns exit code, stdout and stderr. */

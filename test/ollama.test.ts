@@ -3,35 +3,22 @@
  * `ollama` client (and raw fetch for wire details). The tiny model's text is gibberish but greedy
  * output is deterministic, so streamed and non-streamed answers can be compared.
  */
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { Ollama } from "ollama";
-import type { Engine } from "../src/engine/engine.ts";
-import type { Listening } from "../src/server/listen.ts";
-import { makeEngine, makeFixtures, readSse, spyGenerations, startServer } from "./helpers.ts";
+import { readSse, serveFixtures, spyGenerations } from "./helpers.ts";
 
 setDefaultTimeout(60_000);
 
-let fx: Awaited<ReturnType<typeof makeFixtures>>;
-let engine: Engine;
-let server: Listening;
+const ctx = serveFixtures();
 let ollama: Ollama;
-
-beforeAll(async () => {
-  fx = await makeFixtures();
-  engine = makeEngine({ dir: fx.dir });
-  server = startServer(engine);
-  ollama = new Ollama({ host: server.url });
-});
-afterAll(async () => {
-  await server?.stop();
-  await engine?.close();
-  fx?.cleanup();
+beforeAll(() => {
+  ollama = new Ollama({ host: ctx.server.url });
 });
 
 const post = (path: string, body: unknown, headers: Record<string, string> = {}) =>
-  fetch(`${server.url}${path}`, { method: "POST", headers: { "content-type": "application/json", ...headers }, body: typeof body === "string" ? body : JSON.stringify(body) });
+  fetch(`${ctx.server.url}${path}`, { method: "POST", headers: { "content-type": "application/json", ...headers }, body: typeof body === "string" ? body : JSON.stringify(body) });
 
 describe("Ollama API (official client)", () => {
   test("version, tags (with sha256 digest) and show", async () => {
@@ -39,7 +26,7 @@ describe("Ollama API (official client)", () => {
     const tags = await ollama.list();
     const tiny = tags.models.find((m) => m.name === "tiny")!;
     expect(tiny).toBeDefined();
-    expect(tiny.digest).toBe(createHash("sha256").update(readFileSync(fx.tiny)).digest("hex"));
+    expect(tiny.digest).toBe(createHash("sha256").update(readFileSync(ctx.fx.tiny)).digest("hex"));
     expect(tiny.size).toBeGreaterThan(0);
     expect(tiny.details.format).toBe("gguf");
     expect(tiny.details.family).toBe("llama");
@@ -108,7 +95,7 @@ describe("Ollama API (official client)", () => {
     // The tool definitions, the call and its result all reach the prompt.
     expect(r.prompt_eval_count!).toBeGreaterThan(plain.prompt_eval_count! + 20);
     // The expiry is set once the model is idle again (right after the last line is sent).
-    const expiry = () => engine.ps().find((m) => m.name === "tiny")?.expiresAt;
+    const expiry = () => ctx.engine.ps().find((m) => m.name === "tiny")?.expiresAt;
     for (let i = 0; i < 40 && !expiry(); i++) await Bun.sleep(50);
     const expires = Date.parse(expiry()!);
     expect(expires - Date.now()).toBeGreaterThan(16 * 60_000);
@@ -159,7 +146,7 @@ describe("POST /api/generate negotiation (raw HTTP)", () => {
   });
 
   test("aborting the client's stream stops the generation (finish: abort) and frees the model", async () => {
-    const spy = await spyGenerations(engine, "tiny");
+    const spy = await spyGenerations(ctx.engine, "tiny");
     try {
       const stream = await ollama.chat({ model: "tiny", messages: [{ role: "user", content: "hello" }], stream: true, options: { temperature: 0, num_predict: 3500 } });
       let seen = 0;
