@@ -297,7 +297,7 @@ export async function readModelMetadata(file: string): Promise<{ metadata: Recor
     for (const [k, v] of Object.entries(o)) {
       const key = prefix ? `${prefix}.${k}` : k;
       if (key === "tokenizer.chat_template") continue;
-      if (Array.isArray(v)) out[key] = v.length > 64 ? null : v;
+      if (Array.isArray(v)) out[key] = v.length > 64 ? null : v.map((x) => (typeof x === "bigint" ? Number(x) : x));
       else if (v && typeof v === "object") walk(v as Record<string, unknown>, key);
       else out[key] = typeof v === "bigint" ? Number(v) : v;
     }
