@@ -5,7 +5,7 @@ import { Engine } from "../engine/engine.ts";
 import { ModelRegistry } from "../engine/registry.ts";
 import { DEMO_MODEL_NAME, ensureDemoModel } from "../engine/demo.ts";
 import { UsageError } from "../errors.ts";
-import { log, setLogLevel } from "../log.ts";
+import { log, logLevel, setLogLevel } from "../log.ts";
 import { parseBind } from "../server/listen.ts";
 
 export const modelArgs = {
@@ -78,13 +78,39 @@ export function configFrom(args: Flags, rawArgs: readonly string[] = []): Config
  * The engine for a command. When no model is found anywhere (and SHIMMY_DEMO_MODEL is not 0), the
  * built-in random-weights demo model is generated (once, into the cache dir) and registered.
  */
-export async function engineFrom(config: Config): Promise<Engine> {
+/**
+ * Model load progress on stderr: a redrawn bar on a terminal; otherwise one `loading NAME` line
+ * (an info log line; `line: false` drops it, for `shimmy generate`, whose stderr stays empty in scripts).
+ */
+export function loadProgress(stream: NodeJS.WriteStream = process.stderr, line = true): (model: string, fraction: number) => void {
+  const started = new Map<string, number>();
+  return (model, fraction) => {
+    const first = !started.has(model);
+    if (first && fraction >= 1) return; // the closing call after node-llama-cpp already reported 100%
+    if (first) started.set(model, performance.now());
+    if (!stream.isTTY) {
+      if (first && line) log.info(`loading ${model}`);
+      if (fraction >= 1) started.delete(model);
+      return;
+    }
+    if (logLevel() === "error") return;
+    const width = 30;
+    const done = Math.round(Math.min(1, Math.max(0, fraction)) * width);
+    stream.write(`\r\x1b[2Kloading ${model} [${"#".repeat(done)}${".".repeat(width - done)}] ${Math.floor(fraction * 100)}%`);
+    if (fraction >= 1) {
+      stream.write(`\r\x1b[2Kloaded ${model} in ${((performance.now() - started.get(model)!) / 1000).toFixed(1)} s\n`);
+      started.delete(model);
+    }
+  };
+}
+
+export async function engineFrom(config: Config, opts: { loadLine?: boolean } = {}): Promise<Engine> {
   const registry = new ModelRegistry(config);
   if ((await registry.list()).length === 0 && config.demoModel) {
     registry.addFile(await ensureDemoModel(config.cacheDir), "demo");
     log.warn(`no model found: using the built-in demo model '${DEMO_MODEL_NAME}' (RANDOM WEIGHTS: its output is gibberish; it is for trying shimmy). Add models with --model-path, SHIMMY_BASE_GGUF or ./models.`);
   }
-  return new Engine(registry, { gpu: config.gpu, threads: config.threads, threadsExplicit: config.threadsExplicit, ctxSize: config.ctxSize, chatTemplate: config.chatTemplate, chatTemplates: config.chatTemplates, maxQueue: config.maxQueue, parallel: config.parallel, keepAliveMs: config.keepAliveMs, maxLoadedModels: config.maxLoadedModels, memoryLimit: config.memoryLimit, mmap: config.mmap, cacheDir: config.cacheDir, runtimeDir: config.runtimeDir });
+  return new Engine(registry, { gpu: config.gpu, threads: config.threads, threadsExplicit: config.threadsExplicit, ctxSize: config.ctxSize, chatTemplate: config.chatTemplate, chatTemplates: config.chatTemplates, maxQueue: config.maxQueue, parallel: config.parallel, keepAliveMs: config.keepAliveMs, maxLoadedModels: config.maxLoadedModels, memoryLimit: config.memoryLimit, mmap: config.mmap, cacheDir: config.cacheDir, runtimeDir: config.runtimeDir, onLoadProgress: loadProgress(process.stderr, opts.loadLine ?? true) });
 }
 
 /** Parses an optional integer flag with a range; throws UsageError naming the flag. */

@@ -201,7 +201,9 @@ export class NativeBackend {
     await this.checkMemory(entry, contextSize, sequences);
     let model: LlamaModel | undefined;
     try {
-      model = await this.llama.loadModel({ modelPath: entry.path, gpuLayers: this.llama.gpu === false ? 0 : "auto", useMmap: this.opts.mmap ?? true });
+      const progress = this.opts.onLoadProgress;
+      model = await this.llama.loadModel({ modelPath: entry.path, gpuLayers: this.llama.gpu === false ? 0 : "auto", useMmap: this.opts.mmap ?? true, ...(progress ? { onLoadProgress: (p: number) => progress(entry.name, p) } : {}) });
+      progress?.(entry.name, 1);
       const threads = !this.opts.threadsExplicit && model.size < SMALL_MODEL_BYTES ? 1 : this.opts.threads;
       const loaded = model;
       const makeContext = (loras: LoraAdapter[]) =>

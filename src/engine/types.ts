@@ -177,6 +177,8 @@ export interface ModelInfo extends ModelEntry {
 /** Options the engine passes to the native backend. */
 export interface BackendOptions {
   gpu: GpuMode;
+  /** Called as a model's weights load: fraction 0..1 (node-llama-cpp's load progress). */
+  onLoadProgress?: (model: string, fraction: number) => void;
   /** llama.cpp threads for models of 64 MiB or more (and for all models when `threadsExplicit`). */
   threads: number;
   /** When false (the default thread count), models under 64 MiB run on 1 thread: for them, syncing ggml's threads costs more than it gains (measured 2700 tok/s on 1 thread vs 110 on 2). */

@@ -43,7 +43,8 @@ export default defineCommand({
     if (args.raw) opts.prompt = prompt;
     else opts.messages = [...(args.system !== undefined ? [{ role: "system" as const, content: args.system }] : []), { role: "user" as const, content: prompt }];
 
-    const engine = await engineFrom(config);
+    // Not a terminal: no load line, so a script's stderr holds only real problems.
+    const engine = await engineFrom(config, { loadLine: false });
     const controller = new AbortController();
     opts.signal = controller.signal;
     // A closed stdout (`| head -c 10`) stops generation and ends quietly.

@@ -1,12 +1,36 @@
+import path from "node:path";
 import { defineCommand } from "citty";
+import type { BackendInfo, ModelInfo } from "../../engine/types.ts";
 import { log } from "../../log.ts";
 import { createApp } from "../../server/app.ts";
 import { isLoopbackHost, listen, parseBind } from "../../server/listen.ts";
 import { VERSION } from "../../version.ts";
 import { configFrom, engineFrom, modelArgs, runtimeArgs } from "../args.ts";
 
+/** The start-up banner (stderr): version, backend, models and where they came from, URL, APIs, auth. */
+export function banner(o: { url: string; models: ModelInfo[]; backend: BackendInfo | undefined; threads: number; ctxSize: number; keys: number; loopback: boolean }): string {
+  const dirs = [...new Set(o.models.map((m) => path.dirname(m.path)))];
+  const usable = o.models.filter((m) => !m.problem);
+  const broken = o.models.filter((m) => m.problem);
+  const device = o.backend ? `${o.backend.backend}${o.backend.gpuOffloading ? " (GPU offload)" : ""}, llama.cpp ${o.backend.llamaCppRelease}` : "not started";
+  const lines = [
+    `shimmy ${VERSION}`,
+    `  url        ${o.url}`,
+    `  backend    ${device}; threads ${o.threads}, ctx ${o.ctxSize}`,
+    `  models     ${usable.length ? usable.map((m) => m.name).join(", ") : "(none)"}`,
+    ...(broken.length ? [`  unusable   ${broken.map((m) => `${m.name} (${m.problem})`).join("; ")}`] : []),
+    ...dirs.map((d, i) => `  ${i === 0 ? "from      " : "          "} ${d}`),
+    `  APIs       shimmy    ${o.url}/api/generate  ${o.url.replace(/^http/, "ws")}/ws/generate`,
+    `             OpenAI    ${o.url}/v1  (chat/completions, completions, embeddings, models)`,
+    `             Ollama    ${o.url}  (/api/chat, /api/generate, /api/tags, /api/show, /api/embed)`,
+    `             Anthropic ${o.url}  (/v1/messages)`,
+    `  auth       ${o.keys ? `API key required (${o.keys} key${o.keys === 1 ? "" : "s"}); /health is open` : o.loopback ? "none (loopback only)" : "NONE on a non-loopback address"}`,
+  ];
+  return lines.join("\n");
+}
+
 export default defineCommand({
-  meta: { name: "serve", description: "Start the HTTP/WebSocket server (native, and more APIs as they land)" },
+  meta: { name: "serve", description: "Start the HTTP/WebSocket server (shimmy, OpenAI, Ollama and Anthropic APIs)" },
   args: {
     bind: { type: "string", description: "auto | HOST:PORT (default auto: 127.0.0.1:11435, else first free port up to 11535, else ephemeral; SHIMMY_BIND_ADDRESS)", valueHint: "ADDR" },
     parallel: { type: "string", description: "Concurrent generations per model (default 4; SHIMMY_PARALLEL)", valueHint: "N" },
@@ -43,8 +67,16 @@ export default defineCommand({
       requestLog: { format: config.logFormat, prompts: config.logPrompts },
     });
     const server = listen(app, config.bind, { maxBodyBytes: config.maxBodyBytes });
-    const names = (await engine.list()).map((m) => m.name);
-    log.info(`shimmy ${VERSION}: ${names.length} model(s): ${names.join(", ") || "(none)"}; threads ${config.threads}, ctx ${config.ctxSize}`);
+    const models = (await engine.list()).filter((m) => !m.meta?.adapter);
+    // Start llama.cpp now so the banner can say which backend and device serve the models.
+    const backend = await engine
+      .backend()
+      .then(() => engine.backendInfo())
+      .catch((err) => {
+        log.warn(`llama.cpp did not start: ${(err as Error).message}`);
+        return undefined;
+      });
+    log.info(banner({ url: server.url, models, backend, threads: config.threads, ctxSize: config.ctxSize, keys: config.apiKeys.length, loopback }));
     process.stdout.write(`shimmy listening on ${server.url}\n`);
     await stopped;
     // Drain: the listener stays up (new work gets 503, /health says "draining") while running
