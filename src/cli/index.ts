@@ -10,6 +10,7 @@ export const main = defineCommand({
     discover: () => import("./commands/discover.ts").then((m) => m.default),
     probe: () => import("./commands/probe.ts").then((m) => m.default),
     generate: () => import("./commands/generate.ts").then((m) => m.default),
+    chat: () => import("./commands/chat.ts").then((m) => m.default),
     bench: () => import("./commands/bench.ts").then((m) => m.default),
     init: () => import("./commands/init.ts").then((m) => m.default),
     "gpu-info": () => import("./commands/gpu-info.ts").then((m) => m.default),
