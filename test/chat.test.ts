@@ -21,13 +21,14 @@ describe("shimmy chat (piped)", () => {
   test("keeps the conversation; /clear forgets it; /save writes it; multi-line blocks are one turn", async () => {
     const saved = path.join(fx.dir, "conv.json");
     const blockFile = path.join(fx.dir, "block.json");
-    const stdin = ["hello", "/clear", "hello", "/save " + saved, "/clear", "/system be brief", '"""', "line one", "line two", '"""', "/save " + blockFile, "/exit", "never sent"].join("\n");
+    const stdin = ["hello", "/clear", "hello", "/save " + saved, "/clear", "/system be brief", '"""', "line one", "line two", '"""', "/save " + blockFile, "/nope", "/exit", "never sent"].join("\n");
     const r = await runCli(["chat", "tiny", "--temperature", "0", "--max-tokens", "6"], { stdin, env: env() });
     expect(r.code).toBe(0);
     const answers = r.stdout.split("\n").filter(Boolean);
     expect(answers).toHaveLength(3);
     expect(answers[1]).toBe(answers[0]!); // the same greedy answer after /clear
     expect(r.stderr).toContain("conversation cleared");
+    expect(r.stderr).toContain("unknown command /nope");
     const conv = JSON.parse(readFileSync(saved, "utf8"));
     expect(conv).toEqual({ model: "tiny", messages: [{ role: "user", content: "hello" }, { role: "assistant", content: answers[1] }] });
     const block = JSON.parse(readFileSync(blockFile, "utf8"));
@@ -43,10 +44,13 @@ describe("shimmy chat (piped)", () => {
     expect(b).not.toBe(a);
   });
 
-  test("unknown model is an error exit", async () => {
+  test("unknown model and a bad flag value are error exits", async () => {
     const r = await runCli(["chat", "nope"], { stdin: "hi\n", env: env() });
     expect(r.code).toBe(2);
     expect(r.stderr).toContain("nope");
+    const bad = await runCli(["chat", "tiny", "--temperature", "hot"], { stdin: "hi\n", env: env() });
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain("--temperature");
   });
 });
 

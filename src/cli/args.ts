@@ -2,6 +2,7 @@
 import type { ArgsDef } from "citty";
 import { GPU_MODES, loadConfig, parseFloatSetting, parseIntSetting, splitDirs, type Config, type GpuMode } from "../config.ts";
 import { Engine } from "../engine/engine.ts";
+import type { GenerateOptions } from "../engine/types.ts";
 import { ModelRegistry } from "../engine/registry.ts";
 import { DEMO_MODEL_NAME, ensureDemoModel } from "../engine/demo.ts";
 import { UsageError } from "../errors.ts";
@@ -13,6 +14,26 @@ export const modelArgs = {
   "model-dirs": { type: "string", description: "Extra directories to scan for *.gguf, separated by , ; or : (repeatable; also SHIMMY_MODEL_PATHS)", valueHint: "DIRS" },
   lora: { type: "string", description: "LoRA adapter FILE[:SCALE] applied to --model-path, else to SHIMMY_BASE_GGUF; repeat or comma-separate for several (also SHIMMY_LORA_GGUF)", valueHint: "FILE" },
 } satisfies ArgsDef;
+
+/** Sampling flags shared by `generate` and `chat`; parse them with `samplingFlags`. */
+export const samplingArgs = {
+  "max-tokens": { type: "string", description: "Tokens to generate at most per answer (default: until the model stops or the context is full)", valueHint: "N" },
+  temperature: { type: "string", description: "Sampling temperature, 0 = greedy (default 0.8)", valueHint: "T" },
+  "top-p": { type: "string", description: "Nucleus sampling (default 0.95)", valueHint: "P" },
+  "top-k": { type: "string", description: "Top-k sampling, 0 = off (default 40)", valueHint: "K" },
+  seed: { type: "string", description: "Sampling seed (default random)", valueHint: "N" },
+} as const satisfies ArgsDef;
+
+/** The `samplingArgs` values as engine options; a bad value is a UsageError naming the flag. */
+export function samplingFlags(args: Record<string, unknown>): Pick<GenerateOptions, "maxTokens" | "temperature" | "topP" | "topK" | "seed"> {
+  return {
+    maxTokens: intFlag("max-tokens", args["max-tokens"], 1, 1 << 24),
+    temperature: numFlag("temperature", args.temperature, 0, 5),
+    topP: numFlag("top-p", args["top-p"], 0, 1),
+    topK: intFlag("top-k", args["top-k"], 0, 1 << 20),
+    seed: intFlag("seed", args.seed, -(2 ** 31), 2 ** 32 - 1),
+  };
+}
 
 export const runtimeArgs = {
   threads: { type: "string", description: "llama.cpp threads (default: physical cores, 1 for models under 64 MiB; SHIMMY_THREADS)", valueHint: "N" },

@@ -9,7 +9,7 @@ import readline from "node:readline";
 import { defineCommand } from "citty";
 import type { ChatMessage, GenerateOptions } from "../../engine/types.ts";
 import { toShimmyError } from "../../errors.ts";
-import { configFrom, engineFrom, intFlag, modelArgs, numFlag, runtimeArgs } from "../args.ts";
+import { configFrom, engineFrom, modelArgs, runtimeArgs, samplingArgs, samplingFlags } from "../args.ts";
 
 const HELP = `commands:
   /system TEXT   set the system prompt (the conversation is kept)
@@ -24,23 +24,13 @@ export default defineCommand({
   args: {
     name: { type: "positional", description: "Model name (see `shimmy list`)", required: true },
     system: { type: "string", description: "System prompt", valueHint: "TEXT" },
-    "max-tokens": { type: "string", description: "Tokens per answer at most (default: until the model stops)", valueHint: "N" },
-    temperature: { type: "string", description: "Sampling temperature, 0 = greedy (default 0.8)", valueHint: "T" },
-    "top-p": { type: "string", description: "Nucleus sampling (default 0.95)", valueHint: "P" },
-    "top-k": { type: "string", description: "Top-k sampling, 0 = off (default 40)", valueHint: "K" },
-    seed: { type: "string", description: "Sampling seed (default random)", valueHint: "N" },
+    ...samplingArgs,
     ...modelArgs,
     ...runtimeArgs,
   },
   async run({ args, rawArgs }) {
     const config = configFrom(args, rawArgs);
-    const sampling: GenerateOptions = {
-      maxTokens: intFlag("max-tokens", args["max-tokens"], 1, 1 << 24),
-      temperature: numFlag("temperature", args.temperature, 0, 5),
-      topP: numFlag("top-p", args["top-p"], 0, 1),
-      topK: intFlag("top-k", args["top-k"], 0, 1 << 20),
-      seed: intFlag("seed", args.seed, -(2 ** 31), 2 ** 32 - 1),
-    };
+    const sampling: GenerateOptions = samplingFlags(args);
     const tty = process.stdin.isTTY === true;
     const engine = await engineFrom(config, { loadLine: tty });
     const model = (await engine.resolve(args.name)).name;

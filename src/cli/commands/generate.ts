@@ -2,7 +2,7 @@ import { defineCommand } from "citty";
 import { UsageError } from "../../errors.ts";
 import type { GenerateOptions } from "../../engine/types.ts";
 import { wireTimings } from "../../server/http.ts";
-import { configFrom, engineFrom, intFlag, modelArgs, numFlag, repeatedFlag, runtimeArgs } from "../args.ts";
+import { configFrom, engineFrom, modelArgs, repeatedFlag, runtimeArgs, samplingArgs, samplingFlags } from "../args.ts";
 
 /** Reads all of stdin as UTF-8 (empty when stdin is a terminal). */
 async function readStdin(): Promise<string> {
@@ -17,13 +17,9 @@ export default defineCommand({
     prompt: { type: "string", description: "Prompt text (default: read stdin)", valueHint: "TEXT" },
     system: { type: "string", description: "System prompt", valueHint: "TEXT" },
     raw: { type: "boolean", description: "Send the prompt as raw completion text, without the chat template" },
-    "max-tokens": { type: "string", description: "Tokens to generate at most (default: until the model stops or the context is full)", valueHint: "N" },
-    temperature: { type: "string", description: "Sampling temperature, 0 = greedy (default 0.8)", valueHint: "T" },
-    "top-p": { type: "string", description: "Nucleus sampling (default 0.95)", valueHint: "P" },
-    "top-k": { type: "string", description: "Top-k sampling, 0 = off (default 40)", valueHint: "K" },
-    seed: { type: "string", description: "Sampling seed (default random)", valueHint: "N" },
     stop: { type: "string", description: "Stop sequence (repeat the flag for several)", valueHint: "TEXT" },
     json: { type: "boolean", description: "Print one JSON object {model, text, finish_reason, timings} instead of streaming" },
+    ...samplingArgs,
     ...modelArgs,
     ...runtimeArgs,
   },
@@ -31,11 +27,7 @@ export default defineCommand({
     const config = configFrom(args, rawArgs);
     const stops = repeatedFlag(rawArgs, "stop");
     const opts: GenerateOptions = {
-      maxTokens: intFlag("max-tokens", args["max-tokens"], 1, 1 << 24),
-      temperature: numFlag("temperature", args.temperature, 0, 5),
-      topP: numFlag("top-p", args["top-p"], 0, 1),
-      topK: intFlag("top-k", args["top-k"], 0, 1 << 20),
-      seed: intFlag("seed", args.seed, -(2 ** 31), 2 ** 32 - 1),
+      ...samplingFlags(args),
       stop: stops.length ? stops : undefined,
     };
     const prompt: string = typeof args.prompt === "string" ? args.prompt : (await readStdin()).replace(/\r?\n$/, "");

@@ -170,7 +170,7 @@ async function* ollamaStream(
     } catch (err) {
       return settle(set, errorJson(err));
     }
-    return undefined;
+    return settle(set, errorJson(new Error("generation ended without a result")));
   }
   set.headers["content-type"] = "application/x-ndjson";
   try {
