@@ -68,6 +68,8 @@ export interface Config {
   logPrompts: boolean;
   /** Memory-map model files (fast; a file truncated on disk while loaded can crash the process). Default true. Env `SHIMMY_MMAP=0`, flag `--no-mmap`. */
   mmap: boolean;
+  /** Serve the browser playground at `/`. Default true. Env `SHIMMY_PLAYGROUND=0`, flag `--no-playground`. */
+  playground: boolean;
   /** Log level for stderr: error | warn | info | debug. Default info. Env `SHIMMY_LOG`. */
   logLevel: "error" | "warn" | "info" | "debug";
 }
@@ -248,6 +250,7 @@ export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, 
     logFormat: overrides.logFormat ?? oneOf("SHIMMY_LOG_FORMAT", env.SHIMMY_LOG_FORMAT, ["text", "json"] as const) ?? "text",
     logPrompts: overrides.logPrompts ?? truthy(env.SHIMMY_LOG_PROMPTS),
     mmap: overrides.mmap ?? !["0", "false", "no", "off"].includes((env.SHIMMY_MMAP ?? "").toLowerCase()),
+    playground: overrides.playground ?? !["0", "false", "no", "off"].includes((env.SHIMMY_PLAYGROUND ?? "").toLowerCase()),
     memoryLimit: parseBytes("SHIMMY_MEMORY_LIMIT", env.SHIMMY_MEMORY_LIMIT),
     loras: parseLoras(overrides.loraGguf !== undefined ? "--lora" : "SHIMMY_LORA_GGUF", overrides.loraGguf ?? env.SHIMMY_LORA_GGUF),
     demoModel: overrides.demoModel ?? !["0", "false", "no", "off"].includes((env.SHIMMY_DEMO_MODEL ?? "").toLowerCase()),
@@ -266,4 +269,37 @@ export function isBindingTestChild(env: Record<string, string | undefined> = pro
 export function discoveryEnv(env: Record<string, string | undefined> = process.env): Record<string, string | undefined> {
   const keys = ["HOME", "USERPROFILE", "OLLAMA_MODELS", "HF_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME"];
   return Object.fromEntries(keys.map((k) => [k, env[k] || undefined]));
+}
+
+/** Where `shimmy pull` downloads from, with which credentials, and where files go. */
+export interface HubSettings {
+  /** Hugging Face endpoint (or a mirror), no trailing slash. Env `SHIMMY_HF_ENDPOINT`, else `HF_ENDPOINT`, else `https://huggingface.co`. */
+  endpoint: string;
+  /** Hugging Face token, sent as `Authorization: Bearer` to the endpoint's origin only. Env `HF_TOKEN`, else the file `HF_TOKEN_PATH`, else `$HF_HOME/token` (default `~/.cache/huggingface/token`, where `hf auth login` writes it). */
+  token?: string;
+  /** Where pulled models go; a discovery root. `$XDG_DATA_HOME/shimmy/models`, default `~/.local/share/shimmy/models`. */
+  modelsDir: string;
+  /** Where partial downloads wait (outside the models folder, so no half file is ever listed). `$XDG_DATA_HOME/shimmy/downloads`. */
+  downloadsDir: string;
+}
+
+/** The `shimmy pull` settings from the environment; RangeError for an endpoint that is not an http(s) URL. */
+export function hubSettings(env: Record<string, string | undefined> = process.env): HubSettings {
+  const home = env.HOME || os.homedir();
+  const data = path.join(env.XDG_DATA_HOME || path.join(home, ".local", "share"), "shimmy");
+  const endpointVar = env.SHIMMY_HF_ENDPOINT ? "SHIMMY_HF_ENDPOINT" : "HF_ENDPOINT";
+  const endpoint = (env[endpointVar] || "https://huggingface.co").trim().replace(/\/+$/, "");
+  let url: URL | undefined;
+  try {
+    url = new URL(endpoint);
+  } catch {}
+  if (!url || (url.protocol !== "https:" && url.protocol !== "http:")) throw new RangeError(`${endpointVar} must be an http(s) URL, got '${env[endpointVar]}'`);
+  const tokenFile = env.HF_TOKEN_PATH || path.join(env.HF_HOME || path.join(env.XDG_CACHE_HOME || path.join(home, ".cache"), "huggingface"), "token");
+  let token = env.HF_TOKEN?.trim() || undefined;
+  if (!token) {
+    try {
+      token = readFileSync(tokenFile, "utf8").trim() || undefined;
+    } catch {}
+  }
+  return { endpoint, token, modelsDir: path.join(data, "models"), downloadsDir: path.join(data, "downloads") };
 }

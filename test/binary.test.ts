@@ -114,6 +114,10 @@ maybe("single-file executable", () => {
     expect(r.sse.body).toContain("event: done\ndata: {");
     expect(r.ws.frames.length).toBe(6);
     expect(JSON.parse(r.ws.frames.at(-1))).toMatchObject({ done: true, finish_reason: "length" });
+    // The playground page is embedded in the binary.
+    expect(r.playground).toMatchObject({ status: 200, type: "text/html; charset=utf-8" });
+    expect(r.playground.csp).toContain("script-src 'sha256-");
+    expect(r.playground.body).toContain("<title>shimmy playground</title>");
     expect(r.serveExit).toBe(0);
     expect(runtimeDirs(home)).toHaveLength(1);
   });

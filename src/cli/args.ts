@@ -82,6 +82,7 @@ export function configFrom(args: Flags, rawArgs: readonly string[] = []): Config
       logFormat: str("log-format") as "text" | "json" | undefined,
       logPrompts: args["log-prompts"] === true ? true : undefined,
       mmap: args["no-mmap"] === true || args.mmap === false ? false : undefined,
+      playground: args["no-playground"] === true || args.playground === false ? false : undefined,
     });
     setLogLevel(config.logLevel);
     if (config.bind !== "auto") parseBind(config.bind);

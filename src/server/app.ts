@@ -15,6 +15,7 @@ import { violationMessage } from "./validation.ts";
 import { opsRoutes } from "./routes/ops.ts";
 import { ollamaRoutes } from "./routes/ollama.ts";
 import { anthropicErrorResponse, anthropicRoutes } from "./routes/anthropic.ts";
+import { playgroundRoutes } from "./routes/playground.ts";
 
 export interface AppDeps {
   engine: ServingEngine;
@@ -22,6 +23,8 @@ export interface AppDeps {
   security?: Partial<SecurityOptions>;
   /** One log line per request; off unless given. `prompts` adds the prompt text. */
   requestLog?: { format: "text" | "json"; prompts: boolean };
+  /** Serve the browser playground at `/` (default true). */
+  playground?: boolean;
 }
 
 /** Routes answered in Anthropic's error shape (checked before OpenAI's). */
@@ -79,7 +82,7 @@ function logRequest(format: "text" | "json", prompts: boolean, method: string, p
   else log.info(Object.entries(fields).map(([k, v]) => (k === "prompt" ? `${k}=${JSON.stringify(v)}` : `${k}=${v}`)).join(" "));
 }
 
-export function createApp({ engine, security, requestLog }: AppDeps) {
+export function createApp({ engine, security, requestLog, playground = true }: AppDeps) {
   const metrics = new Metrics(engine);
   const guards: SecurityOptions = { ...DEFAULT_SECURITY, ...security };
   return new Elysia({ name: "shimmy" })
@@ -132,7 +135,8 @@ export function createApp({ engine, security, requestLog }: AppDeps) {
     .use(nativeRoutes(engine))
     .use(ollamaRoutes(engine))
     .use(openaiRoutes(engine))
-    .use(anthropicRoutes(engine));
+    .use(anthropicRoutes(engine))
+    .use(playground ? playgroundRoutes() : new Elysia({ name: "playground-off" }));
 }
 
 export type App = ReturnType<typeof createApp>;

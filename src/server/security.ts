@@ -78,6 +78,19 @@ export interface GuardResult {
   headers: Record<string, string>;
 }
 
+/** Paths that answer without an API key: the health check and the playground page (which holds no data; it asks for the key). */
+const OPEN_PATHS = new Set(["/health", "/", "/playground"]);
+
+/** Whether `origin` is the server's own origin as the request's Host names it. */
+function sameOrigin(origin: string, host: string | null): boolean {
+  if (!host) return false;
+  try {
+    return new URL(origin).host.toLowerCase() === host.toLowerCase();
+  } catch {
+    return false;
+  }
+}
+
 /** Runs the guards in order: Host, Origin (incl. preflight), body size, API key. */
 export function guard(request: Request, opts: SecurityOptions): GuardResult {
   const url = new URL(request.url);
@@ -89,7 +102,8 @@ export function guard(request: Request, opts: SecurityOptions): GuardResult {
       return { error: new ForbiddenError(`Host '${host ?? ""}' is not allowed: shimmy is bound to loopback and answers only loopback names (allow more with --allow-hosts)`), headers };
   }
   const origin = request.headers.get("origin");
-  if (origin) {
+  // A page this server served (the playground) calling it back is same-origin, not cross-origin.
+  if (origin && !sameOrigin(origin, request.headers.get("host"))) {
     if (!originAllowed(origin, opts.corsOrigins)) return { error: new ForbiddenError(`cross-origin request from ${origin} refused (allow it with --cors-origins)`), headers };
     headers["Access-Control-Allow-Origin"] = opts.corsOrigins.includes("*") && !opts.apiKeys.length ? "*" : origin;
     headers.Vary = "Origin";
@@ -108,7 +122,7 @@ export function guard(request: Request, opts: SecurityOptions): GuardResult {
   }
   const length = Number(request.headers.get("content-length") ?? 0);
   if (length > opts.maxBodyBytes) return { error: new PayloadTooLargeError(`request body of ${length} bytes is over the limit of ${opts.maxBodyBytes} bytes (--max-body)`), headers };
-  if (opts.apiKeys.length && url.pathname !== "/health") {
+  if (opts.apiKeys.length && !OPEN_PATHS.has(url.pathname)) {
     const key = presentedKey(request, url);
     if (!key || !keyMatches(key, opts.apiKeys)) return { error: new UnauthorizedError(key ? "invalid API key" : "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'"), headers };
   }

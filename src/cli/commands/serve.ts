@@ -8,7 +8,7 @@ import { VERSION } from "../../version.ts";
 import { configFrom, engineFrom, modelArgs, runtimeArgs } from "../args.ts";
 
 /** The start-up banner (stderr): version, backend, models and where they came from, URL, APIs, auth. */
-export function banner(o: { url: string; models: ModelInfo[]; backend: BackendInfo | undefined; threads: number; ctxSize: number; keys: number; loopback: boolean }): string {
+export function banner(o: { url: string; models: ModelInfo[]; backend: BackendInfo | undefined; threads: number; ctxSize: number; keys: number; loopback: boolean; playground?: boolean }): string {
   const dirs = [...new Set(o.models.map((m) => path.dirname(m.path)))];
   const usable = o.models.filter((m) => !m.problem);
   const broken = o.models.filter((m) => m.problem);
@@ -24,6 +24,7 @@ export function banner(o: { url: string; models: ModelInfo[]; backend: BackendIn
     `             OpenAI    ${o.url}/v1  (chat/completions, completions, embeddings, models)`,
     `             Ollama    ${o.url}  (/api/chat, /api/generate, /api/tags, /api/show, /api/embed)`,
     `             Anthropic ${o.url}  (/v1/messages)`,
+    ...(o.playground === false ? [] : [`  playground ${o.url}/  (chat in the browser)`]),
     `  auth       ${o.keys ? `API key required (${o.keys} key${o.keys === 1 ? "" : "s"}); /health is open` : o.loopback ? "none (loopback only)" : "NONE on a non-loopback address"}`,
   ];
   return lines.join("\n");
@@ -45,6 +46,7 @@ export default defineCommand({
     "max-body": { type: "string", description: "Largest request body, e.g. 10M (default 10M; SHIMMY_MAX_BODY)", valueHint: "SIZE" },
     "log-format": { type: "enum", options: ["text", "json"], description: "Request log lines on stderr: text or json (default text; SHIMMY_LOG_FORMAT)" },
     "log-prompts": { type: "boolean", description: "Put prompt text in the request log (default off; SHIMMY_LOG_PROMPTS=1)" },
+    "no-playground": { type: "boolean", description: "Do not serve the browser playground at / (SHIMMY_PLAYGROUND=0)" },
     "no-mmap": { type: "boolean", description: "Read models into memory instead of mapping them (safe if files change on disk; SHIMMY_MMAP=0)" },
     ...modelArgs,
     ...runtimeArgs,
@@ -65,6 +67,7 @@ export default defineCommand({
       engine,
       security: { apiKeys: config.apiKeys, corsOrigins: config.corsOrigins, allowHosts: config.allowHosts, maxBodyBytes: config.maxBodyBytes, hostCheck: loopback },
       requestLog: { format: config.logFormat, prompts: config.logPrompts },
+      playground: config.playground,
     });
     const server = listen(app, config.bind, { maxBodyBytes: config.maxBodyBytes });
     const models = (await engine.list()).filter((m) => !m.meta?.adapter);
@@ -76,7 +79,7 @@ export default defineCommand({
         log.warn(`llama.cpp did not start: ${(err as Error).message}`);
         return undefined;
       });
-    log.info(banner({ url: server.url, models, backend, threads: config.threads, ctxSize: config.ctxSize, keys: config.apiKeys.length, loopback }));
+    log.info(banner({ url: server.url, models, backend, threads: config.threads, ctxSize: config.ctxSize, keys: config.apiKeys.length, loopback, playground: config.playground }));
     process.stdout.write(`shimmy listening on ${server.url}\n`);
     await stopped;
     // Drain: the listener stays up (new work gets 503, /health says "draining") while running
