@@ -65,6 +65,8 @@ describe("serve banner", () => {
     expect(text).toContain("/other");
     for (const p of ["/api/generate", "ws://0.0.0.0:9/ws/generate", "http://0.0.0.0:9/v1", "/api/chat", "/v1/messages"]) expect(text).toContain(p);
     expect(text).toContain("API key required (2 keys)");
+    expect(text).toMatch(/playground http:\/\/0\.0\.0\.0:9\//);
+    expect(banner({ url: "http://x:9", models: [], backend: undefined, threads: 1, ctxSize: 1, keys: 0, loopback: true, playground: false })).not.toContain("playground");
     expect(banner({ url: "http://0.0.0.0:9", models: [], backend: undefined, threads: 1, ctxSize: 1, keys: 0, loopback: false })).toContain("NONE on a non-loopback address");
   });
 
@@ -87,6 +89,7 @@ describe("serve banner", () => {
       expect(err).toMatch(/models +tiny$/m);
       expect(err).toContain(dir);
       expect(err).toContain("NONE on a non-loopback address");
+      expect(err).toMatch(/playground http:\/\/0\.0\.0\.0:\d+\//);
       const first = await (proc.stdout as ReadableStream<Uint8Array>).getReader().read();
       expect(decoder.decode(first.value)).toMatch(/^shimmy listening on http:\/\/0\.0\.0\.0:\d+/);
     } finally {
