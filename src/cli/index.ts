@@ -11,6 +11,7 @@ export const main = defineCommand({
     probe: () => import("./commands/probe.ts").then((m) => m.default),
     generate: () => import("./commands/generate.ts").then((m) => m.default),
     chat: () => import("./commands/chat.ts").then((m) => m.default),
+    pull: () => import("./commands/pull.ts").then((m) => m.default),
     bench: () => import("./commands/bench.ts").then((m) => m.default),
     init: () => import("./commands/init.ts").then((m) => m.default),
     "gpu-info": () => import("./commands/gpu-info.ts").then((m) => m.default),

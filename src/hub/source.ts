@@ -1,0 +1,53 @@
+/** What `shimmy pull` was asked for: a Hugging Face repository (with a tag or file) or a URL. */
+import { UsageError } from "../errors.ts";
+
+export type PullSource =
+  | {
+      kind: "hf";
+      /** `org/repo`. */
+      repo: string;
+      /** A quantisation (`Q4_K_M`, any case) or a file path ending in `.gguf`; undefined = the default choice. */
+      tag?: string;
+    }
+  | { kind: "url"; url: URL };
+
+const REPO = /^[A-Za-z0-9][\w.-]*\/[\w.-]+$/;
+
+export const SOURCE_FORMS = "hf:ORG/REPO[:QUANT|:FILE.gguf], hf.co/ORG/REPO[:QUANT], or an https:// URL of a .gguf file";
+
+/**
+ * Parses `hf:org/repo[:tag]` (also `hf.co/` and `huggingface.co/` prefixes, as Ollama and llama.cpp
+ * write them) or an `http(s)://` URL. Throws UsageError naming the accepted forms.
+ */
+export function parseSource(raw: string): PullSource {
+  const text = raw.trim();
+  if (/^https?:\/\//i.test(text)) {
+    let url: URL;
+    try {
+      url = new URL(text);
+    } catch {
+      throw new UsageError(`not a valid URL: '${raw}'`);
+    }
+    const hubPage = url.hostname.match(/^(?:hf\.co|huggingface\.co)$/i) && url.pathname.split("/").filter(Boolean).length === 2;
+    if (hubPage) return hfSource(url.pathname.slice(1), raw);
+    return { kind: "url", url };
+  }
+  const m = text.match(/^(?:hf:|hf\.co\/|huggingface\.co\/)(.*)$/i);
+  if (!m) throw new UsageError(`cannot pull '${raw}': expected ${SOURCE_FORMS}`);
+  return hfSource(m[1]!, raw);
+}
+
+function hfSource(rest: string, raw: string): PullSource {
+  const colon = rest.indexOf(":");
+  const repo = (colon < 0 ? rest : rest.slice(0, colon)).replace(/\/+$/, "");
+  const tag = colon < 0 ? undefined : rest.slice(colon + 1).trim() || undefined;
+  if (!REPO.test(repo)) throw new UsageError(`cannot pull '${raw}': the repository must be ORG/REPO (expected ${SOURCE_FORMS})`);
+  return { kind: "hf", repo, tag };
+}
+
+/** True for http:// to a host other than loopback: the bytes travel unencrypted. */
+export function isInsecureUrl(url: URL): boolean {
+  if (url.protocol !== "http:") return false;
+  const host = url.hostname.replace(/^\[|\]$/g, "");
+  return !(host === "localhost" || host === "::1" || /^127\./.test(host));
+}
