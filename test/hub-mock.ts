@@ -208,7 +208,8 @@ export class HubMock {
         fault.times = (fault.times ?? 1) - 1;
         if (fault.times <= 0) this.faults.delete(pathname);
         socket.write(body.subarray(0, Math.min(fault.afterBytes, body.length)), () => {
-          if (fault.kind === "drop") socket.end();
+          // Close a moment later: Bun's fetch drops bytes still unread when the connection ends early.
+          if (fault.kind === "drop") setTimeout(() => socket.end(), 300);
         });
         return;
       }

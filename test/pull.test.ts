@@ -301,6 +301,21 @@ describe("resume and verification", () => {
     expect(r.stderr).toContain("sha256 verified");
   });
 
+  test("a partial locked by a running pull is left alone; a stale lock is taken over", async () => {
+    const h = home();
+    mkdirSync(h.downloadsDir, { recursive: true });
+    const lock = path.join(h.downloadsDir, "tiny-Q4_K_M.gguf.part.lock");
+    writeFileSync(lock, String(process.pid));
+    const busy = await pull(h, "hf:org/tiny-GGUF");
+    expect(busy.code).toBe(2);
+    expect(busy.stderr).toContain(`another shimmy pull (pid ${process.pid}) is downloading tiny-Q4_K_M.gguf`);
+    expect(readFileSync(lock, "utf8")).toBe(String(process.pid));
+    const dead = Bun.spawnSync(["true"]).pid;
+    writeFileSync(lock, String(dead));
+    expectPulled(await pull(h, "hf:org/tiny-GGUF"), path.join(h.modelsDir, "tiny-Q4_K_M.gguf"), models.q4!);
+    expect(h.downloads()).toEqual([]);
+  });
+
   test("a published checksum that does not match: exit 2, the partial deleted, nothing in the models folder", async () => {
     const h = home();
     const r = await pull(h, "hf:org/bad-GGUF");
@@ -512,6 +527,8 @@ describe("choice rules (unit)", () => {
     expect(parseSource("hf:org/repo")).toEqual({ kind: "hf", repo: "org/repo", tag: undefined });
     expect(parseSource("hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M")).toEqual({ kind: "hf", repo: "bartowski/Llama-3.2-1B-Instruct-GGUF", tag: "Q4_K_M" });
     expect(parseSource("https://huggingface.co/org/repo")).toEqual({ kind: "hf", repo: "org/repo", tag: undefined });
+    expect(parseSource("https://huggingface.co/org/repo/resolve/v1.0/sub/m-Q4_K_M.gguf?download=true")).toEqual({ kind: "hf", repo: "org/repo", tag: "sub/m-Q4_K_M.gguf", revision: "v1.0" });
+    expect(parseSource("https://hf.co/org/repo/blob/main/m.gguf")).toEqual({ kind: "hf", repo: "org/repo", tag: "m.gguf", revision: "main" });
     expect(parseSource("https://example.com/m.gguf").kind).toBe("url");
     expect(() => parseSource("hf:repo-without-org")).toThrow("ORG/REPO");
   });

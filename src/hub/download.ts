@@ -94,9 +94,41 @@ export function ensureWritableDir(dir: string): void {
   }
 }
 
-export function partPaths(downloadsDir: string, name: string): { part: string; meta: string } {
+export function partPaths(downloadsDir: string, name: string): { part: string; meta: string; lock: string } {
   const part = path.join(downloadsDir, `${name}.part`);
-  return { part, meta: `${part}.json` };
+  return { part, meta: `${part}.json`, lock: `${part}.lock` };
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/**
+ * Claims the partial of `name` for this process (a `.lock` file holding the pid), so two pulls of one
+ * file never write the same partial; a lock whose process is gone is taken over. Returns the release.
+ */
+export function lockPartial(downloadsDir: string, name: string): () => void {
+  const { lock } = partPaths(downloadsDir, name);
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      writeFileSync(lock, String(process.pid), { flag: "wx" });
+      return () => rmSync(lock, { force: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw diskError(err, `write ${lock}`);
+    }
+    let pid = 0;
+    try {
+      pid = Number(readFileSync(lock, "utf8").trim());
+    } catch {}
+    if (Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) throw new PullError(`another shimmy pull (pid ${pid}) is downloading ${name}: wait for it to finish (or remove ${lock} if that process is not shimmy)`);
+    rmSync(lock, { force: true });
+  }
+  throw new PullError(`cannot lock ${lock}`);
 }
 
 /** sha256 of the first `upTo` bytes of a file (all of it when undefined; none when 0 or missing). */

@@ -8,7 +8,7 @@ import path from "node:path";
 import { splitPart } from "../engine/discovery.ts";
 import { UsageError } from "../errors.ts";
 import { log } from "../log.ts";
-import { download, ensureWritableDir, hashFile, install, partPaths, type Downloaded, type RemoteFile } from "./download.ts";
+import { download, ensureWritableDir, hashFile, install, lockPartial, partPaths, type Downloaded, type RemoteFile } from "./download.ts";
 import { DiskError, PullError, SourceAuthError, SourceNotFoundError } from "./errors.ts";
 import { HubClient, missingParts, pickChoice } from "./hf.ts";
 import { humanBytes, type ProgressSink } from "./progress.ts";
@@ -53,7 +53,7 @@ export interface PullResult {
 
 /** The files a source names, with their published sizes and checksums. */
 export async function resolveSource(source: PullSource, o: Pick<PullOptions, "endpoint" | "token" | "revision" | "sha256" | "signal">, hub = new HubClient(o.endpoint, o.token)): Promise<{ files: RemoteFile[]; source: string }> {
-  const revision = o.revision ?? "main";
+  const revision = (source.kind === "hf" ? source.revision : undefined) ?? o.revision ?? "main";
   if (source.kind === "hf") {
     if (o.sha256?.length) throw new UsageError("--sha256 is for URL sources: the hub publishes the sha256 of every file, and each is checked");
     const listing = await hub.listFiles(source.repo, revision, o.signal);
@@ -181,23 +181,34 @@ export async function pull(source: PullSource, o: PullOptions): Promise<PullResu
   const free = freeBytes(o.downloadsDir);
   if (free !== undefined && need > free) throw new DiskError(`not enough space in ${o.downloadsDir}: the download needs ${humanBytes(need)}, ${humanBytes(free)} are free`);
 
-  const done: Array<{ d: Downloaded; dest: string; i: number }> = [];
-  for (const i of todo) {
-    const d = await download(files[i]!, {
-      downloadsDir: o.downloadsDir,
-      headersFor: (u) => hub.headersFor(u),
-      errorFor: (res, f) => (source.kind === "hf" && f.url.origin === new URL(o.endpoint).origin ? hub.errorFor(res, source.repo, o.revision ?? "main", f.label.slice(source.repo.length + 1)) : res.status === 401 || res.status === 403 ? urlAuthError(f.url, res.status, hub) : new SourceNotFoundError(`${f.label}: not found (HTTP ${res.status})`)),
-      progress: o.progress,
-      position: todo.length > 1 || files.length > 1 ? `[${i + 1}/${files.length}] ` : "",
-      retries: o.retries,
-      retryDelayMs: o.retryDelayMs,
-      signal: o.signal,
-    });
-    shas[i] = d.sha256;
-    done.push({ d, dest: dests[i]!, i });
+  const releases: Array<() => void> = [];
+  try {
+    for (const i of todo) releases.push(lockPartial(o.downloadsDir, files[i]!.name));
+    const done: Array<{ d: Downloaded; i: number }> = [];
+    for (const i of todo) {
+      const d = await download(files[i]!, {
+        downloadsDir: o.downloadsDir,
+        headersFor: (u) => hub.headersFor(u),
+        errorFor: (res, f) =>
+          source.kind === "hf" && f.url.origin === new URL(o.endpoint).origin
+            ? hub.errorFor(res, source.repo, source.revision ?? o.revision ?? "main", f.label.slice(source.repo.length + 1))
+            : res.status === 401 || res.status === 403
+              ? urlAuthError(f.url, res.status, hub)
+              : new SourceNotFoundError(`${f.label}: not found (HTTP ${res.status})`),
+        progress: o.progress,
+        position: files.length > 1 ? `[${i + 1}/${files.length}] ` : "",
+        retries: o.retries,
+        retryDelayMs: o.retryDelayMs,
+        signal: o.signal,
+      });
+      shas[i] = d.sha256;
+      done.push({ d, i });
+    }
+    // The first part last: llama.cpp opens a split set at its first part, so that part never appears without the others.
+    for (const { d, i } of done.sort((a, b) => b.i - a.i)) install(d, dests[i]!);
+  } finally {
+    for (const release of releases) release();
   }
-  // The first part last: a split set shows up complete or not at all under its first part's name.
-  for (const { d, dest } of [...done].sort((a, b) => b.i - a.i)) install(d, dest);
   return result(false);
 }
 

@@ -8,6 +8,8 @@ export type PullSource =
       repo: string;
       /** A quantisation (`Q4_K_M`, any case) or a file path ending in `.gguf`; undefined = the default choice. */
       tag?: string;
+      /** The revision a hub file URL names (`/resolve/<rev>/...`); undefined = `--revision` or main. */
+      revision?: string;
     }
   | { kind: "url"; url: URL };
 
@@ -28,8 +30,14 @@ export function parseSource(raw: string): PullSource {
     } catch {
       throw new UsageError(`not a valid URL: '${raw}'`);
     }
-    const hubPage = url.hostname.match(/^(?:hf\.co|huggingface\.co)$/i) && url.pathname.split("/").filter(Boolean).length === 2;
-    if (hubPage) return hfSource(url.pathname.slice(1), raw);
+    if (/^(?:www\.)?(?:hf\.co|huggingface\.co)$/i.test(url.hostname)) {
+      const parts = url.pathname.split("/").filter(Boolean).map(decodeURIComponent);
+      if (parts.length === 2) return hfSource(parts.join("/"), raw);
+      // A file's page or download link: verified like `hf:org/repo:path` (the hub publishes its sha256).
+      if (parts.length >= 5 && (parts[2] === "resolve" || parts[2] === "blob") && /\.gguf$/i.test(parts.at(-1)!)) {
+        return { kind: "hf", repo: `${parts[0]}/${parts[1]}`, tag: parts.slice(4).join("/"), revision: parts[3] };
+      }
+    }
     return { kind: "url", url };
   }
   const m = text.match(/^(?:hf:|hf\.co\/|huggingface\.co\/)(.*)$/i);
