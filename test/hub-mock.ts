@@ -31,6 +31,8 @@ export interface MockRepo {
   files: MockFile[];
   /** Needs `Authorization: Bearer TOKEN`; without it the hub answers 401 RepoNotFound, as huggingface.co does. */
   private?: boolean;
+  /** Terms not accepted: 401 GatedRepo without a token, 403 GatedRepo with one. */
+  gated?: boolean;
 }
 
 export interface PlainFile {
@@ -130,6 +132,7 @@ export class HubMock {
     if (!repoName) return new Response("not found", { status: 404 });
     const repo = this.repos.get(repoName);
     const hasAuth = req.headers.has("authorization");
+    if (repo?.gated) return this.hubError(hasAuth ? 403 : 401, "GatedRepo", `Access to model ${repoName} is restricted.`);
     if (!repo || !this.authorized(repo, req)) return this.hubError(hasAuth && !repo ? 404 : 401, "RepoNotFound", "Repository not found");
     const revision = decodeURIComponent((tree ?? info ?? resolve)![2]!);
     if (revision !== "main") return this.hubError(404, "RevisionNotFound", `Invalid rev id: ${revision}`);

@@ -57,6 +57,7 @@ beforeAll(async () => {
     ],
   });
   hub.addRepo("org/private-GGUF", { private: true, files: [{ path: "secret-Q4_K_M.gguf", data: models.other }] });
+  hub.addRepo("org/gated-GGUF", { gated: true, files: [{ path: "gated-Q4_K_M.gguf", data: models.other }] });
   hub.addRepo("org/bad-GGUF", { files: [{ path: "bad-Q4_K_M.gguf", data: models.other, publishedSha256: "ab".repeat(32) }] });
   hub.addRepo("org/docs-only", { files: [{ path: "README.md", data: readme }] });
   hub.addRepo("org/small-GGUF", { files: [{ path: "small.gguf", data: models.other, lfs: false }] });
@@ -422,6 +423,12 @@ describe("errors, tokens and endpoints", () => {
     const wrong = await cli(h, ["pull", "hf:org/private-GGUF"], { HF_TOKEN: "hf_wrong" });
     expect(wrong.code).toBe(2);
     expect(wrong.stderr).toContain("HF_TOKEN is set but was refused");
+    const gated = await pull(h, "hf:org/gated-GGUF");
+    expect(gated.code).toBe(2);
+    expect(gated.stderr).toContain("org/gated-GGUF is gated: accept its terms");
+    expect(gated.stderr).toContain("set HF_TOKEN");
+    const gatedWithToken = await cli(h, ["pull", "hf:org/gated-GGUF"], { HF_TOKEN: TOKEN });
+    expect(gatedWithToken.stderr).toContain("check that HF_TOKEN belongs to that account");
     const before = hub.requests.length;
     const r = await cli(h, ["pull", "hf:org/private-GGUF"], { HF_TOKEN: TOKEN });
     expectPulled(r, path.join(h.modelsDir, "secret-Q4_K_M.gguf"), models.other!);
