@@ -473,7 +473,8 @@ describe("fuzz: HTTP", () => {
     // OPTIONS without an Origin is no preflight.
     for (const path of ["/api/generate", "/v1/chat/completions", "/v1/models", "/health", "/ws/generate"]) await probe(found, "OPTIONS", path, undefined, [404, 405]);
     // Unknown paths near the real ones.
-    for (const path of ["/", "/api", "/api/", "/api/generate/", "/api/generatex", "/API/GENERATE", "/v1", "/v1/", "/v1/chat", "/v1/models/tiny/extra", "/api/models/tiny", "/api/models/tiny/", "/api/models//status", "/tokenize/x", "/%", "/%zz", "/%00", "/health%00"])
+    // (`GET /` is the playground page.)
+    for (const path of ["/api", "/api/", "/api/generate/", "/api/generatex", "/API/GENERATE", "/v1", "/v1/", "/v1/chat", "/v1/models/tiny/extra", "/api/models/tiny", "/api/models/tiny/", "/api/models//status", "/tokenize/x", "/%", "/%zz", "/%00", "/health%00"])
       await probe(found, "GET", path, undefined, [404, 405]);
     expect(found).toEqual([]);
     await expectServing();
