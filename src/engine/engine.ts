@@ -56,6 +56,8 @@ export interface ModelStatus {
   slots: number;
   /** Bytes the weights take (node-llama-cpp's figure), once loaded. */
   sizeBytes?: number;
+  /** Of those, bytes offloaded to the GPU (0 on CPU). */
+  vramBytes?: number;
   contextSize?: number;
   loras?: LoraAdapter[];
   /** When it will unload if it stays idle (ISO time); null = never or busy. */
@@ -237,7 +239,7 @@ export class Engine {
       active: h.active,
       queued: n?.queued ?? 0,
       slots: n?.slots ?? this.options.parallel ?? 1,
-      ...(n ? { sizeBytes: n.sizeBytes, contextSize: n.contextSize, loras: n.loras, loadMs: Math.round(h.loaded!.loadMs) } : {}),
+      ...(n ? { sizeBytes: n.sizeBytes, vramBytes: n.vramBytes, contextSize: n.contextSize, loras: n.loras, loadMs: Math.round(h.loaded!.loadMs) } : {}),
       expiresAt: h.expiresAt === null ? null : new Date(h.expiresAt).toISOString(),
     };
   }

@@ -148,7 +148,7 @@ export async function gpuReport(opts: BackendOptions): Promise<GpuReport> {
       else if (opts.gpu !== "auto" && opts.gpu !== b) notes.push(`${b}: available, but --gpu ${opts.gpu} was asked for`);
       else notes.push(`${b}: driver found, but llama.cpp did not start with it`);
     }
-    if (compiled.length === 1) notes.push("this build includes no GPU backend (a GPU build carries vulkan, cuda or metal)");
+    if (!compiled.some((b) => b !== "cpu")) notes.push("this build includes no GPU backend (a GPU build carries vulkan, cuda or metal)");
     for (const b of detected.filter((d) => !compiled.includes(d))) notes.push(`${b}: a driver is present, but this build does not include ${b}${b === "cuda" ? " (use a -cuda artifact)" : ""}`);
     if (inUse === "cpu" && opts.gpu === "cpu") notes.push("cpu: chosen by --gpu cpu / SHIMMY_GPU=cpu");
     return { compiled, detected, inUse, devices, vram, notes };
@@ -574,6 +574,12 @@ export class NativeModel {
   /** Bytes of the weights in memory (node-llama-cpp's figure). */
   get sizeBytes(): number {
     return this.model.size;
+  }
+
+  /** Bytes of the weights offloaded to the GPU: the offloaded layers' share of the size (0 on CPU). */
+  get vramBytes(): number {
+    const total = this.model.fileInsights.totalLayers;
+    return total > 0 ? Math.round((this.model.size * Math.min(this.model.gpuLayers, total)) / total) : 0;
   }
 
   /** Adapters new requests get. */

@@ -17,7 +17,7 @@ function wireStatus(s: ModelStatus) {
     // Ollama's /api/ps fields, so its clients can read this list too.
     model: s.name,
     size: s.sizeBytes ?? 0,
-    size_vram: 0,
+    size_vram: s.vramBytes ?? 0,
     state: s.state,
     active: s.active,
     queued: s.queued,
