@@ -37,7 +37,9 @@ export default defineCommand({
       // Each stream of each run starts with a different word, so its prompt is evaluated anew
       // (no KV-cache reuse between runs).
       const opts = (i: number) => ({ prompt: `${i}: ${prompt}`, maxTokens, temperature: 0 });
-      await engine.complete(args.name, opts(0));
+      // The warm-up runs as many streams as the timed runs: a GPU backend builds its kernels for each
+      // batch shape on first use (seen on an H100 with Vulkan: a first 4-stream run waited 6 s).
+      await Promise.all(Array.from({ length: concurrency }, (_, k) => engine.complete(args.name, opts(k))));
       const perRun: Array<{ wallMs: number; streams: Timings[] }> = [];
       for (let r = 1; r <= runs; r++) {
         const t0 = performance.now();
