@@ -43,6 +43,17 @@ const median = (xs: number[]) => {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
 
+/** Aggregate figures at one stream count (medians over the rounds). */
+interface Conc {
+  streams: number;
+  shimmy_tps: number;
+  llama_server_tps: number;
+  shimmy_ttft_ms: number;
+  llama_server_ttft_ms: number;
+  shimmy_stream_decode_tps: number;
+  llama_server_stream_decode_tps: number;
+}
+
 /** One measured generation, as the client saw it. */
 interface Sample {
   ttftMs: number;
@@ -296,25 +307,39 @@ async function main() {
     await m.dispose();
 
     // Concurrency: aggregate decode throughput at 1, 2, 4, 8 streams; both servers with 8 slots.
-    const conc: Array<{ streams: number; shimmy_tps: number; llama_server_tps: number }> = [];
+    // Each stream count runs `runs` rounds, alternating which server goes first; figures are medians.
+    const conc: Conc[] = [];
     const s8 = startShimmy(8, model);
     const l8 = startLlamaServer(bin, 8);
     try {
       await waitFor(`${s8.url}/health`);
       await waitFor(`${l8.url}/health`);
       await fetch(`${s8.url}/api/models/${s8.name}/load`, { method: "POST" });
-      await shimmySse(s8.url, s8.name, 0);
-      await llamaCompletion(l8.url, 0);
       for (const streams of values.quick ? [1, 4] : [1, 2, 4, 8]) {
         const agg = async (one: (i: number) => Promise<Sample>) => {
           const t0 = performance.now();
           const r = await Promise.all(Array.from({ length: streams }, (_, k) => one(n++ + k * 1000)));
-          return (r.reduce((a, x) => a + x.tokens, 0) * 1000) / (performance.now() - t0);
+          return { tps: (r.reduce((a, x) => a + x.tokens, 0) * 1000) / (performance.now() - t0), ttft: median(r.map((x) => x.ttftMs)), decode: median(r.map((x) => x.decodeTps)) };
         };
-        const a = await agg((i) => shimmySse(s8.url, s8.name, i));
-        const b = await agg((i) => llamaCompletion(l8.url, i));
-        conc.push({ streams, shimmy_tps: a, llama_server_tps: b });
-        console.error(`concurrency ${streams}: shimmy ${a.toFixed(1)} tok/s, llama-server ${b.toFixed(1)} tok/s`);
+        const sides = { shimmy: (i: number) => shimmySse(s8.url, s8.name, i), server: (i: number) => llamaCompletion(l8.url, i) };
+        // Warm-up at this batch shape, both sides.
+        await agg(sides.shimmy);
+        await agg(sides.server);
+        const a: Array<Awaited<ReturnType<typeof agg>>> = [];
+        const b: Array<Awaited<ReturnType<typeof agg>>> = [];
+        for (let r = 0; r < runs; r++) {
+          if (r % 2 === 0) {
+            a.push(await agg(sides.shimmy));
+            b.push(await agg(sides.server));
+          } else {
+            b.push(await agg(sides.server));
+            a.push(await agg(sides.shimmy));
+          }
+        }
+        const m = (xs: typeof a, k: "tps" | "ttft" | "decode") => median(xs.map((x) => x[k]));
+        conc.push({ streams, shimmy_tps: m(a, "tps"), llama_server_tps: m(b, "tps"), shimmy_ttft_ms: m(a, "ttft"), llama_server_ttft_ms: m(b, "ttft"), shimmy_stream_decode_tps: m(a, "decode"), llama_server_stream_decode_tps: m(b, "decode") });
+        const c = conc.at(-1)!;
+        console.error(`concurrency ${streams}: shimmy ${c.shimmy_tps.toFixed(1)} tok/s (TTFT ${c.shimmy_ttft_ms.toFixed(0)} ms, ${c.shimmy_stream_decode_tps.toFixed(1)} tok/s per stream), llama-server ${c.llama_server_tps.toFixed(1)} tok/s (TTFT ${c.llama_server_ttft_ms.toFixed(0)} ms, ${c.llama_server_stream_decode_tps.toFixed(1)} per stream)`);
       }
     } finally {
       s8.proc.kill("SIGTERM");
@@ -346,7 +371,7 @@ async function main() {
   }
 }
 
-function report(single: Array<Record<string, number | string>>, conc: Array<{ streams: number; shimmy_tps: number; llama_server_tps: number }>, idleRss: number) {
+function report(single: Array<Record<string, number | string>>, conc: Conc[], idleRss: number) {
   const get = (name: string) => single.find((s) => s.mode === name)!;
   const floor = get("in-process (node-llama-cpp)");
   const sse = get("shimmy SSE /api/generate");
@@ -379,11 +404,13 @@ function report(single: Array<Record<string, number | string>>, conc: Array<{ st
     "",
     "`shimmy JSON` figures are the server's own timings (the client sees only the end).",
     "",
-    "## Concurrent streams (aggregate decode tok/s; both servers with 8 slots)",
+    `## Concurrent streams (both servers with 8 slots; medians of ${runs} rounds alternating which server goes first)`,
     "",
-    "| streams | shimmy | llama-server | ratio |",
-    "|---|---|---|---|",
-    ...conc.map((c) => `| ${c.streams} | ${c.shimmy_tps.toFixed(1)} | ${c.llama_server_tps.toFixed(1)} | ${(c.shimmy_tps / c.llama_server_tps).toFixed(3)} |`),
+    "Aggregate tok/s = all streams' tokens / wall time from sending the requests to the last token (prompt evaluation included). TTFT and decode are per stream.",
+    "",
+    "| streams | shimmy aggregate | llama-server aggregate | ratio | shimmy TTFT ms | llama-server TTFT ms | shimmy decode/stream | llama-server decode/stream |",
+    "|---|---|---|---|---|---|---|---|",
+    ...conc.map((c) => `| ${c.streams} | ${c.shimmy_tps.toFixed(1)} | ${c.llama_server_tps.toFixed(1)} | ${(c.shimmy_tps / c.llama_server_tps).toFixed(3)} | ${c.shimmy_ttft_ms.toFixed(0)} | ${c.llama_server_ttft_ms.toFixed(0)} | ${c.shimmy_stream_decode_tps.toFixed(2)} | ${c.llama_server_stream_decode_tps.toFixed(2)} |`),
     "",
     "## Targets",
     "",
