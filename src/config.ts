@@ -68,6 +68,8 @@ export interface Config {
   logPrompts: boolean;
   /** Memory-map model files (fast; a file truncated on disk while loaded can crash the process). Default true. Env `SHIMMY_MMAP=0`, flag `--no-mmap`. */
   mmap: boolean;
+  /** Each decode step carries a token of every generating sequence (waits a few microtasks for a late one). Default true. Env `SHIMMY_FULL_BATCHES=0` turns it off (node-llama-cpp's own scheduling), for comparison. */
+  fullBatches: boolean;
   /** Serve the browser playground at `/`. Default true. Env `SHIMMY_PLAYGROUND=0`, flag `--no-playground`. */
   playground: boolean;
   /** Log level for stderr: error | warn | info | debug. Default info. Env `SHIMMY_LOG`. */
@@ -250,6 +252,7 @@ export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, 
     logFormat: overrides.logFormat ?? oneOf("SHIMMY_LOG_FORMAT", env.SHIMMY_LOG_FORMAT, ["text", "json"] as const) ?? "text",
     logPrompts: overrides.logPrompts ?? truthy(env.SHIMMY_LOG_PROMPTS),
     mmap: overrides.mmap ?? !["0", "false", "no", "off"].includes((env.SHIMMY_MMAP ?? "").toLowerCase()),
+    fullBatches: !["0", "false", "no", "off"].includes((env.SHIMMY_FULL_BATCHES ?? "").toLowerCase()),
     playground: overrides.playground ?? !["0", "false", "no", "off"].includes((env.SHIMMY_PLAYGROUND ?? "").toLowerCase()),
     memoryLimit: parseBytes("SHIMMY_MEMORY_LIMIT", env.SHIMMY_MEMORY_LIMIT),
     loras: parseLoras(overrides.loraGguf !== undefined ? "--lora" : "SHIMMY_LORA_GGUF", overrides.loraGguf ?? env.SHIMMY_LORA_GGUF),

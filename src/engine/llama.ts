@@ -241,7 +241,7 @@ export class NativeBackend {
           contextSize,
           sequences,
           threads,
-          batching: { itemPrioritizationStrategy: fullBatchStrategy(holder) },
+          batching: { itemPrioritizationStrategy: this.opts.fullBatches === false ? "maximumParallelism" : fullBatchStrategy(holder) },
           ...(loras.length ? { lora: { adapters: loras.map((l) => ({ filePath: l.path, scale: l.scale })) } } : {}),
         });
         return holder.context;

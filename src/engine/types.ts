@@ -194,6 +194,8 @@ export interface BackendOptions {
   parallel?: number;
   /** Memory-map model files (default true); false reads them into memory, safe against files changed on disk. */
   mmap?: boolean;
+  /** Every decode step waits for a token of every generating sequence (default true); false keeps node-llama-cpp's own scheduling. */
+  fullBatches?: boolean;
   /** Bytes a model load may need at most (weights + context estimate); default: the memory available now. */
   memoryLimit?: number;
   /** Cache dir and runtime dir override, for a single-file executable's native files (see runtime.ts). */
