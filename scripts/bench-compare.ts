@@ -318,7 +318,13 @@ async function main() {
       for (const streams of values.quick ? [1, 4] : [1, 2, 4, 8]) {
         const agg = async (one: (i: number) => Promise<Sample>) => {
           const t0 = performance.now();
-          const r = await Promise.all(Array.from({ length: streams }, (_, k) => one(n++ + k * 1000)));
+          // A reset on a reused keep-alive socket (llama-server closes idle ones) is retried once, and said.
+          const retried = (i: number) =>
+            one(i).catch((err: Error) => {
+              console.error(`retrying a stream after: ${err.message}`);
+              return one(i);
+            });
+          const r = await Promise.all(Array.from({ length: streams }, (_, k) => retried(n++ + k * 1000)));
           return { tps: (r.reduce((a, x) => a + x.tokens, 0) * 1000) / (performance.now() - t0), ttft: median(r.map((x) => x.ttftMs)), decode: median(r.map((x) => x.decodeTps)) };
         };
         const sides = { shimmy: (i: number) => shimmySse(s8.url, s8.name, i), server: (i: number) => llamaCompletion(l8.url, i) };

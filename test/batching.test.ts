@@ -2,22 +2,13 @@
  * Concurrent generations on one model share decode steps: every step carries a token of every
  * generating sequence (node-llama-cpp's own scheduling left one sequence out of each step).
  */
-import { afterAll, beforeAll, expect, test } from "bun:test";
-import type { Engine } from "../src/engine/engine.ts";
-import { makeEngine, makeFixtures } from "./helpers.ts";
+import { expect, test } from "bun:test";
+import { engineFixtures } from "./helpers.ts";
 
-let fx: Awaited<ReturnType<typeof makeFixtures>>;
-let engine: Engine;
-beforeAll(async () => {
-  fx = await makeFixtures();
-  engine = makeEngine({ dir: fx.dir });
-});
-afterAll(async () => {
-  await engine?.close();
-  fx?.cleanup();
-});
+const ctx = engineFixtures();
 
 test("4 concurrent streams: each decode step holds all 4 tokens", async () => {
+  const { engine } = ctx;
   const loaded = await engine.load("tiny");
   // Count the tokens of each native decode call (test-only view of node-llama-cpp's context).
   const context = (loaded.native as unknown as { pool: { context: { _ctx: Record<string, (...a: unknown[]) => unknown> } } }).pool.context;

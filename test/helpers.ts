@@ -38,6 +38,20 @@ export function startServer(engine: Engine): Listening {
   return listen(createApp({ engine }), "127.0.0.1:0");
 }
 
+/** Fixtures and a real engine over them, made in `beforeAll` and closed in `afterAll`. Read the fields inside tests. */
+export function engineFixtures(): { fx: Awaited<ReturnType<typeof makeFixtures>>; engine: Engine } {
+  const ctx = {} as { fx: Awaited<ReturnType<typeof makeFixtures>>; engine: Engine };
+  beforeAll(async () => {
+    ctx.fx = await makeFixtures();
+    ctx.engine = makeEngine({ dir: ctx.fx.dir });
+  });
+  afterAll(async () => {
+    await ctx.engine?.close();
+    ctx.fx?.cleanup();
+  });
+  return ctx;
+}
+
 /**
  * The usual setup of a test file that needs a model: fixtures, a real engine and a real server,
  * made in `beforeAll` and torn down in `afterAll`. Read the fields inside tests (or later hooks).
