@@ -90,8 +90,24 @@ function fullBatchStrategy(holder: { context?: LlamaContext }) {
       return [];
     }
     deferred = 0;
-    return maximumParallelismStrategy({ items, size });
+    return maximumParallelismStrategy({ items: bySequence(holder.context, items), size });
   };
+}
+
+/**
+ * The batch items in ascending sequence id. With a KV cache per sequence (not unified, the default),
+ * llama.cpp puts tokens of several sequences in one ubatch only while their ids ascend by one
+ * (`split_equal`, sequential); the queue's order (whoever sampled first) split a step of 8 streams
+ * into several ubatches, each a full pass over the weights. Items are built from node-llama-cpp
+ * 3.21.1's private `_queuedDecodes` in its order; when that does not line up, the order is kept.
+ */
+function bySequence(context: LlamaContext | undefined, items: readonly BatchItem[]): readonly BatchItem[] {
+  const queue = (context as unknown as { _queuedDecodes?: Array<{ sequenceId: number; tokens: unknown }> } | undefined)?._queuedDecodes;
+  if (!queue || queue.length !== items.length || queue.some((q, i) => q.tokens !== items[i]!.tokens)) return items;
+  return items
+    .map((item, i) => ({ item, seq: queue[i]!.sequenceId }))
+    .sort((a, b) => a.seq - b.seq)
+    .map((x) => x.item);
 }
 
 /** Starts llama.cpp offline (never builds, never downloads). GPU `auto` falls back to CPU. */
@@ -399,6 +415,8 @@ function commonPrefix(a: readonly Token[], b: readonly Token[]): number {
  */
 class SlotPool {
   private readonly free: LlamaContextSequence[] = [];
+  /** Creation order of each slot (node-llama-cpp hands out sequence ids in that order). */
+  private readonly order = new Map<LlamaContextSequence, number>();
   private readonly waiters: Array<(s: LlamaContextSequence) => void> = [];
   private retired: (() => void) | undefined;
   readonly size: number;
@@ -407,7 +425,11 @@ class SlotPool {
     readonly loras: LoraAdapter[],
     private readonly maxQueue: number,
   ) {
-    for (let i = 0; i < context.totalSequences; i++) this.free.push(context.getSequence());
+    for (let i = 0; i < context.totalSequences; i++) {
+      const seq = context.getSequence();
+      this.order.set(seq, i);
+      this.free.push(seq);
+    }
     this.size = this.free.length;
     POOLS.set(context, this);
   }
@@ -420,14 +442,14 @@ class SlotPool {
   /** Resolves with a free slot (preferring the one that caches most of `prefer`); rejects with the signal's reason if aborted while waiting, or OverloadedError when the queue is full. */
   acquire(signal?: AbortSignal, prefer?: readonly Token[]): Promise<LlamaContextSequence> {
     if (this.free.length) {
+      // Longest cached prefix first; on a tie the lowest sequence id, so busy sequences stay
+      // consecutive and llama.cpp decodes their tokens in one ubatch (see fullBatchStrategy).
       let best = 0;
-      if (prefer && this.free.length > 1) {
-        let bestLen = -1;
-        this.free.forEach((seq, i) => {
-          const len = commonPrefix(seq.contextTokens, prefer);
-          if (len > bestLen) [best, bestLen] = [i, len];
-        });
-      }
+      let bestLen = -1;
+      this.free.forEach((seq, i) => {
+        const len = prefer ? commonPrefix(seq.contextTokens, prefer) : 0;
+        if (len > bestLen || (len === bestLen && this.order.get(seq)! < this.order.get(this.free[best]!)!)) [best, bestLen] = [i, len];
+      });
       return Promise.resolve(this.free.splice(best, 1)[0]!);
     }
     if (this.waiters.length >= this.maxQueue) return Promise.reject(new OverloadedError(`server overloaded: all ${this.size} slots are busy and ${this.waiters.length} requests are waiting for this model; retry later`));
