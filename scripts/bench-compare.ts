@@ -1,7 +1,7 @@
 /**
  * Comparison harness (`bun run bench:compare`): shimmy against its floor (node-llama-cpp generating
  * in-process) and against llama.cpp's own llama-server, on the same model, threads, prompt and greedy
- * sampling. Runs are interleaved (every round visits every mode, in rotating order) so machine drift
+ * sampling. The in-process floor runs in a process of its own (scripts/bench-inprocess.ts). Runs are interleaved (every round visits every mode, in rotating order) so machine drift
  * hits all modes alike; figures are medians. Writes docs/BENCHMARKS.md and docs/benchmarks.json.
  *
  *   bun scripts/bench-compare.ts [--threads N] [--runs 5] [--tokens 32] [--model FILE] [--llama-server PATH] [--quick]
@@ -14,9 +14,9 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { getLlama, LlamaCompletion } from "node-llama-cpp";
 import { physicalCores } from "../src/config.ts";
 import { writeBenchModel, writeTinyModel } from "../src/gguf/presets.ts";
+import { benchPrompt } from "./bench-prompt.ts";
 
 const ROOT = path.resolve(import.meta.dir, "..");
 const { values } = parseArgs({
@@ -65,10 +65,7 @@ interface Sample {
   tokens: number;
 }
 
-function prompt(i: number): string {
-  // A new first word per run: the prompt is evaluated anew each time (no KV-cache reuse).
-  return `Run ${i}. The committee met on Tuesday to discuss the harbour, the roads and the new school, and after a long debate about the budget they agreed to meet again next week to decide the order of the works and the people in charge of each one.`;
-}
+const prompt = benchPrompt;
 
 // ---------------------------------------------------------------------------------------------
 // llama-server: build from node-llama-cpp's bundled source when needed.
@@ -143,6 +140,20 @@ async function readSse(res: Response, onData: (data: string, event: string) => v
         else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
       }
       onData(data.join("\n"), event);
+    }
+  }
+}
+
+/** The lines of a byte stream. */
+async function* lines(stream: ReadableStream<Uint8Array>): AsyncGenerator<string> {
+  const decoder = new TextDecoder();
+  let buf = "";
+  for await (const chunk of stream) {
+    buf += decoder.decode(chunk, { stream: true });
+    let nl: number;
+    while ((nl = buf.indexOf("\n")) >= 0) {
+      yield buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
     }
   }
 }
@@ -241,19 +252,16 @@ async function main() {
   }
   const bin = llamaServerPath();
 
-  // (a) In-process: node-llama-cpp directly, the floor.
-  const llama = await getLlama({ gpu: false, build: "never", skipDownload: true, logLevel: "error" as any });
-  const m = await llama.loadModel({ modelPath: model });
-  const ctx = await m.createContext({ contextSize: CTX, threads, sequences: 1 });
-  const seq = ctx.getSequence();
+  // (a) In-process: node-llama-cpp directly, the floor, in a process of its own (scripts/bench-inprocess.ts).
+  const floor = Bun.spawn(["bun", path.join(ROOT, "scripts/bench-inprocess.ts"), model, String(threads), String(CTX), String(tokens)], { stdin: "pipe", stdout: "pipe", stderr: "inherit" });
+  const floorLines = lines(floor.stdout as ReadableStream<Uint8Array>);
+  if ((await floorLines.next()).value !== "ready") throw new Error("bench-inprocess.ts did not start");
   const inProcess = async (i: number): Promise<Sample> => {
-    const completion = new LlamaCompletion({ contextSequence: seq });
-    const stamps: number[] = [];
-    const promptTokens = m.tokenize(prompt(i)).length + 1;
-    const t0 = performance.now();
-    await completion.generateCompletion(prompt(i), { maxTokens: tokens, temperature: 0, onToken: () => void stamps.push(performance.now()) });
-    completion.dispose({ disposeSequence: false });
-    return sample(t0, stamps, promptTokens);
+    floor.stdin.write(`${i}\n`);
+    floor.stdin.flush();
+    const { value } = await floorLines.next();
+    const r = JSON.parse(value as string) as { t0: number; stamps: number[]; promptTokens: number };
+    return sample(r.t0, r.stamps, r.promptTokens);
   };
 
   const shimmy = startShimmy(1, model);
@@ -303,8 +311,8 @@ async function main() {
     shimmy.proc.kill("SIGTERM");
     server.proc.kill("SIGTERM");
     await Promise.all([shimmy.proc.exited, server.proc.exited]);
-    await ctx.dispose();
-    await m.dispose();
+    floor.stdin.end();
+    await floor.exited;
 
     // Concurrency: aggregate decode throughput at 1, 2, 4, 8 streams; both servers with 8 slots.
     // Each stream count runs `runs` rounds, alternating which server goes first; figures are medians.
@@ -374,6 +382,7 @@ async function main() {
   } finally {
     shimmy.proc.kill("SIGKILL");
     server.proc.kill("SIGKILL");
+    floor.kill("SIGKILL");
   }
 }
 

@@ -1,0 +1,29 @@
+/**
+ * The in-process floor for `bench-compare.ts`, in a process of its own (so the harness's own
+ * JavaScript, parsing every other contender's streams, never shares a process with the decode).
+ * Loads MODEL with node-llama-cpp, then for each line `i` on stdin generates `prompt(i)` greedily and
+ * answers one JSON line {t0, stamps, promptTokens} with performance.now() times of this process.
+ * Sampling as shimmy does it for these requests: greedy, no repeat penalty (LlamaCompletion applies
+ * one by default, which costs time per token and is not what the servers run).
+ *
+ *   bun scripts/bench-inprocess.ts MODEL THREADS CTX TOKENS
+ */
+import { getLlama, LlamaCompletion } from "node-llama-cpp";
+import { benchPrompt } from "./bench-prompt.ts";
+
+const [model, threads, ctxSize, tokens] = process.argv.slice(2);
+const llama = await getLlama({ gpu: false, build: "never", skipDownload: true, logLevel: "error" as never });
+const m = await llama.loadModel({ modelPath: model! });
+const ctx = await m.createContext({ contextSize: Number(ctxSize), threads: Number(threads), sequences: 1 });
+const seq = ctx.getSequence();
+process.stdout.write("ready\n");
+for await (const line of console) {
+  const i = Number(line);
+  const completion = new LlamaCompletion({ contextSequence: seq });
+  const stamps: number[] = [];
+  const promptTokens = m.tokenize(benchPrompt(i)).length + 1;
+  const t0 = performance.now();
+  await completion.generateCompletion(benchPrompt(i), { maxTokens: Number(tokens), temperature: 0, repeatPenalty: false, onToken: () => void stamps.push(performance.now()) });
+  completion.dispose({ disposeSequence: false });
+  process.stdout.write(`${JSON.stringify({ t0, stamps, promptTokens })}\n`);
+}
