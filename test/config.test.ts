@@ -3,6 +3,7 @@ import { describe, expect, test } from "bun:test";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { configFrom } from "../src/cli/args.ts";
 import { loadConfig, physicalCores } from "../src/config.ts";
 import { ModelRegistry, modelNameFromPath } from "../src/engine/registry.ts";
 import { parseBind } from "../src/server/listen.ts";
@@ -22,6 +23,13 @@ describe("config", () => {
     const env = { SHIMMY_THREADS: "3", SHIMMY_CTX_SIZE: "1024", SHIMMY_BIND_ADDRESS: "0.0.0.0:9000", SHIMMY_GPU: "cpu", SHIMMY_MODEL_PATHS: `/a${path.delimiter}/b`, SHIMMY_BASE_GGUF: "/m.gguf", SHIMMY_LORA_GGUF: "/l.gguf", SHIMMY_DEMO_MODEL: "0", SHIMMY_CHAT_TEMPLATE: "llama3" };
     expect(loadConfig({}, env)).toMatchObject({ threads: 3, ctxSize: 1024, bind: "0.0.0.0:9000", gpu: "cpu", modelDirs: ["/a", "/b"], baseGguf: "/m.gguf", loraGguf: "/l.gguf", demoModel: false, chatTemplate: "llama3" });
     expect(loadConfig({ threads: "1", ctxSize: "512", bind: "127.0.0.1:1", modelDirs: ["/c"] }, env)).toMatchObject({ threads: 1, ctxSize: 512, bind: "127.0.0.1:1", modelDirs: ["/c", "/a", "/b"] });
+  });
+
+  test("playground and full decode batches: on by default; SHIMMY_PLAYGROUND=0 / --no-playground and SHIMMY_FULL_BATCHES=0 turn them off", () => {
+    expect(loadConfig({}, {})).toMatchObject({ playground: true, fullBatches: true });
+    expect(loadConfig({}, { SHIMMY_PLAYGROUND: "0", SHIMMY_FULL_BATCHES: "off" })).toMatchObject({ playground: false, fullBatches: false });
+    expect(loadConfig({ playground: false }, {})).toMatchObject({ playground: false, fullBatches: true });
+    expect(configFrom({ "no-playground": true }).playground).toBe(false);
   });
 
   test("chat templates: a default and per-model items; built-in names or Jinja files", () => {

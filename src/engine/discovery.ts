@@ -74,13 +74,8 @@ function walk(dir: string, out: string[], depth = 0, visited = new Set<string>()
   }
   if (visited.has(real) || depth > MAX_DEPTH || out.length >= MAX_FILES) return;
   visited.add(real);
-  let entries: import("node:fs").Dirent[];
-  try {
-    entries = readdirSync(dir, { withFileTypes: true });
-  } catch (err) {
-    log.debug(`discovery: cannot read ${dir}: ${(err as Error).message}`);
-    return;
-  }
+  const entries = readDir(dir);
+  if (!entries) return;
   entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   for (const e of entries) {
     if (e.name.startsWith(".")) continue;
@@ -101,19 +96,24 @@ function walk(dir: string, out: string[], depth = 0, visited = new Set<string>()
   }
 }
 
+/** A folder's entries; undefined (logged at debug) when it cannot be read. */
+function readDir(dir: string): import("node:fs").Dirent[] | undefined {
+  try {
+    return readdirSync(dir, { withFileTypes: true });
+  } catch (err) {
+    log.debug(`discovery: cannot read ${dir}: ${(err as Error).message}`);
+    return undefined;
+  }
+}
+
 /** Ollama: manifests/<registry>/<namespace>/<model>/<tag> -> the model layer's blob. */
 function scanOllama(root: string): Candidate[] {
   const manifests = path.join(root, "manifests");
   const out: Candidate[] = [];
   const files: string[] = [];
   const collect = (dir: string, depth: number) => {
-    let entries: import("node:fs").Dirent[];
-    try {
-      entries = readdirSync(dir, { withFileTypes: true });
-    } catch (err) {
-      log.debug(`discovery: cannot read ${dir}: ${(err as Error).message}`);
-      return;
-    }
+    const entries = readDir(dir);
+    if (!entries) return;
     for (const e of entries) {
       const p = path.join(dir, e.name);
       if (e.isDirectory() && depth < 4) collect(p, depth + 1);
