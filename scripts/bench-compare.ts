@@ -4,7 +4,7 @@
  * sampling. The in-process floor runs in a process of its own (scripts/bench-inprocess.ts). Runs are interleaved (every round visits every mode, in rotating order) so machine drift
  * hits all modes alike; figures are medians. Writes docs/BENCHMARKS.md and docs/benchmarks.json.
  *
- *   bun scripts/bench-compare.ts [--threads N] [--runs 5] [--tokens 32] [--model FILE] [--llama-server PATH] [--quick]
+ *   bun scripts/bench-compare.ts [--threads N] [--runs 5] [--tokens 32] [--model FILE] [--llama-server PATH] [--streams 1,2,4,8|none] [--quick] [--out DIR]
  *
  * The bench model (TinyLlama-1.1B shape, Q8_0) is generated on demand into the temp dir. llama-server
  * is built from the llama.cpp source node-llama-cpp ships (llama/gitRelease.bundle) into
@@ -28,6 +28,7 @@ const { values } = parseArgs({
     "llama-server": { type: "string" },
     quick: { type: "boolean" },
     out: { type: "string" },
+    streams: { type: "string" },
   },
 });
 const threads = Number(values.threads ?? physicalCores());
@@ -35,6 +36,9 @@ const runs = Number(values.runs ?? (values.quick ? 3 : 5));
 const tokens = Number(values.tokens ?? 32);
 const model = values.model ?? path.join(os.tmpdir(), "shimmy-fixtures", "bench-tinyllama-q8.gguf");
 const CTX = 2048;
+/** Stream counts for the concurrency table; `--streams none` skips it. */
+const streamCounts = values.streams === "none" ? [] : values.streams ? values.streams.split(",").map(Number) : values.quick ? [1, 4] : [1, 2, 4, 8];
+if (streamCounts.some((n) => !Number.isInteger(n) || n < 1 || n > 8)) throw new Error("--streams: a comma-separated list of 1..8, or none");
 
 const median = (xs: number[]) => {
   const s = xs.filter(Number.isFinite).sort((a, b) => a - b);
@@ -323,7 +327,7 @@ async function main() {
       await waitFor(`${s8.url}/health`);
       await waitFor(`${l8.url}/health`);
       await fetch(`${s8.url}/api/models/${s8.name}/load`, { method: "POST" });
-      for (const streams of values.quick ? [1, 4] : [1, 2, 4, 8]) {
+      for (const streams of streamCounts) {
         const agg = async (one: (i: number) => Promise<Sample>) => {
           const t0 = performance.now();
           // A reset on a reused keep-alive socket (llama-server closes idle ones) is retried once, and said.
@@ -401,13 +405,13 @@ function report(single: Array<Record<string, number | string>>, conc: Conc[], id
   ];
   const cpu = os.cpus();
   const machine = `${cpu[0]?.model ?? "?"}, ${cpu.length} logical CPUs (${physicalCores()} physical), ${(os.totalmem() / 1024 ** 3).toFixed(0)} GiB, ${os.platform()} ${os.release()}, bun ${Bun.version}`;
-  const command = `bun scripts/bench-compare.ts --threads ${threads} --runs ${runs} --tokens ${tokens}${values.quick ? " --quick" : ""}`;
+  const command = `bun scripts/bench-compare.ts --threads ${threads} --runs ${runs} --tokens ${tokens}${values.model ? ` --model ${values.model}` : ""}${values.streams ? ` --streams ${values.streams}` : ""}${values.quick ? " --quick" : ""}`;
   const f = (n: number | string, d = 1) => (typeof n === "number" ? (Number.isFinite(n) ? n.toFixed(d) : "-") : n);
   const md = [
     "# Benchmarks",
     "",
     `Measured ${new Date().toISOString().slice(0, 10)} on ${machine}.`,
-    `Model: ${path.basename(model)} (TinyLlama-1.1B shape, Q8_0, random weights: same compute as a trained model). Threads ${threads}, context ${CTX}, greedy, ${tokens} tokens per run, medians of ${runs} interleaved runs (prompt re-evaluated every run).`,
+    `Model: ${path.basename(model)} (${values.model ? "given with --model" : "TinyLlama-1.1B shape, Q8_0, random weights: same compute as a trained model"}). Threads ${threads}, context ${CTX}, greedy, ${tokens} tokens per run, medians of ${runs} interleaved runs (prompt re-evaluated every run).`,
     "",
     `Command: \`${command}\``,
     "",

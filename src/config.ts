@@ -70,6 +70,8 @@ export interface Config {
   mmap: boolean;
   /** Each decode step carries a token of every generating sequence (waits a few microtasks for a late one). Default true. Env `SHIMMY_FULL_BATCHES=0` turns it off (node-llama-cpp's own scheduling), for comparison. */
   fullBatches: boolean;
+  /** Each multi-threaded CPU context gets a persistent llama.cpp threadpool, as llama.cpp's own tools do (Linux). Default true. Env `SHIMMY_THREADPOOL=0` turns it off (a fresh set of threads per decode, node-llama-cpp's default). */
+  threadpool: boolean;
   /** Serve the browser playground at `/`. Default true. Env `SHIMMY_PLAYGROUND=0`, flag `--no-playground`. */
   playground: boolean;
   /** Log level for stderr: error | warn | info | debug. Default info. Env `SHIMMY_LOG`. */
@@ -253,6 +255,7 @@ export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, 
     logPrompts: overrides.logPrompts ?? truthy(env.SHIMMY_LOG_PROMPTS),
     mmap: overrides.mmap ?? !["0", "false", "no", "off"].includes((env.SHIMMY_MMAP ?? "").toLowerCase()),
     fullBatches: !["0", "false", "no", "off"].includes((env.SHIMMY_FULL_BATCHES ?? "").toLowerCase()),
+    threadpool: !["0", "false", "no", "off"].includes((env.SHIMMY_THREADPOOL ?? "").toLowerCase()),
     playground: overrides.playground ?? !["0", "false", "no", "off"].includes((env.SHIMMY_PLAYGROUND ?? "").toLowerCase()),
     memoryLimit: parseBytes("SHIMMY_MEMORY_LIMIT", env.SHIMMY_MEMORY_LIMIT),
     loras: parseLoras(overrides.loraGguf !== undefined ? "--lora" : "SHIMMY_LORA_GGUF", overrides.loraGguf ?? env.SHIMMY_LORA_GGUF),

@@ -56,9 +56,10 @@ describe("serve banner", () => {
       { name: "a", path: "/m/a.gguf", source: "dir", sizeBytes: 1, loaded: false },
       { name: "b", path: "/other/b.gguf", source: "dir", sizeBytes: 1, loaded: false, problem: "truncated" },
     ] as ModelInfo[];
-    const text = banner({ url: "http://0.0.0.0:9", models, backend: { backend: "cuda", threads: 4, gpuOffloading: true, llamaCppRelease: "b1" }, threads: 4, ctxSize: 2048, keys: 2, loopback: false });
+    const text = banner({ url: "http://0.0.0.0:9", models, backend: { backend: "cuda", threads: 4, gpuOffloading: true, llamaCppRelease: "b1", threadpool: "persistent" }, threads: 4, ctxSize: 2048, keys: 2, loopback: false });
     expect(text).toMatch(/^shimmy \d+\.\d+\.\d+/);
     expect(text).toContain("cuda (GPU offload)");
+    expect(text).toContain("threads 4 (persistent pool), ctx 2048");
     expect(text).toMatch(/models +a$/m);
     expect(text).toContain("b (truncated)");
     expect(text).toContain("/m");

@@ -2,7 +2,7 @@
 /**
  * Writes a deterministic fixture model.
  *
- *   bun scripts/gguf/cli.ts [--preset tiny|bench|lora] [--out PATH] [--seed N]
+ *   bun scripts/gguf/cli.ts [--preset tiny|bench|lora] [--out PATH] [--seed N] [--layers N]
  *
  * Defaults: preset tiny; out <os tmpdir>/shimmy-fixtures/{tiny.gguf, bench-tinyllama-q8.gguf, tiny-lora.gguf};
  * seed 1. Prints the path written, its size and the time taken.
@@ -26,7 +26,9 @@ const USAGE = `usage: bun scripts/gguf/cli.ts [--preset tiny|bench|lora] [--out 
             bench: TinyLlama-1.1B-shaped Q8_0 model, ~1.1 GiB
             lora: LoRA adapter for the tiny model
   --out     output path (default: <tmpdir>/shimmy-fixtures/<preset file>)
-  --seed    non-negative integer PRNG seed (default 1)`;
+  --seed    non-negative integer PRNG seed (default 1)
+  --layers  bench only: transformer blocks (default 22); 6 gives a ~400 MiB model of the same width
+            (default out: bench-<N>l-q8.gguf)`;
 
 function fail(message: string): never {
     console.error(`error: ${message}\n\n${USAGE}`);
@@ -41,7 +43,7 @@ function formatSize(bytes: number): string {
 }
 
 async function main(argv: string[]): Promise<void> {
-    let values: { preset?: string; out?: string; seed?: string; help?: boolean };
+    let values: { preset?: string; out?: string; seed?: string; layers?: string; help?: boolean };
     try {
         ({ values } = parseArgs({
             args: argv,
@@ -49,6 +51,7 @@ async function main(argv: string[]): Promise<void> {
                 preset: { type: "string", short: "p" },
                 out: { type: "string", short: "o" },
                 seed: { type: "string", short: "s" },
+                layers: { type: "string" },
                 help: { type: "boolean", short: "h" },
             },
             strict: true,
@@ -73,11 +76,20 @@ async function main(argv: string[]): Promise<void> {
         }
         seed = Number(values.seed);
     }
+    let layers: number | undefined;
+    if (values.layers !== undefined) {
+        if (presetName !== "bench") fail("--layers applies to --preset bench only");
+        if (!/^\d+$/.test(values.layers) || Number(values.layers) < 1 || Number(values.layers) > 64) {
+            fail(`--layers must be an integer from 1 to 64, got "${values.layers}"`);
+        }
+        layers = Number(values.layers);
+    }
     if (values.out === "") fail("--out must not be empty");
-    const out = resolve(values.out ?? join(tmpdir(), "shimmy-fixtures", preset.file));
+    const file = layers === undefined ? preset.file : `bench-${layers}l-q8.gguf`;
+    const out = resolve(values.out ?? join(tmpdir(), "shimmy-fixtures", file));
 
     const started = performance.now();
-    await preset.write(out, { seed });
+    await preset.write(out, layers === undefined ? { seed } : { seed, layers });
     const seconds = (performance.now() - started) / 1000;
     const size = statSync(out).size;
     console.log(`${out}\n${presetName}: ${size} bytes (${formatSize(size)}) written in ${seconds.toFixed(2)} s`);

@@ -44,6 +44,7 @@ import { GbnfNumber } from "../../node_modules/node-llama-cpp/dist/utils/gbnfJso
 import { maximumParallelismStrategy } from "../../node_modules/node-llama-cpp/dist/evaluator/LlamaContext/utils/batchItemsPrioritizationStrategies/maximumParallelismStrategy.js";
 import { nativeBuildInfo } from "./runtime.ts";
 import { StopMatcher } from "./stop.ts";
+import { installThreadpools, threadpoolStats } from "./threadpool.ts";
 import type { BackendInfo, BackendOptions, ChatMessage, FinishReason, GenerateOptions, GenerateResult, LoraAdapter, ModelEntry, ModelMeta, TokenLogprob, ToolCall, ToolDefinition } from "./types.ts";
 
 GbnfNumber.prototype.getGrammar = function (this: { allowFractional: boolean }) {
@@ -142,6 +143,7 @@ export async function openBackend(opts: BackendOptions): Promise<NativeBackend> 
     const why = opts.gpu === "cuda" || opts.gpu === "vulkan" || opts.gpu === "metal" ? (await whyNoGpu()).find((w) => w.startsWith(opts.gpu)) : undefined;
     throw new BackendError(`cannot start llama.cpp with --gpu ${opts.gpu}: ${why ?? (err as Error).message}`, { cause: err });
   }
+  await installThreadpools(opts.threadpool !== false);
   if (opts.gpu === "auto" && llama.gpu === false) {
     const why = await whyNoGpu();
     if (why.length) log.warn(`GPU: not used (${why.join("; ")}); running on CPU`);
@@ -214,6 +216,7 @@ export class NativeBackend {
       backend: this.llama.gpu === false ? "cpu" : this.llama.gpu,
       threads: this.opts.threads,
       gpuOffloading: this.llama.supportsGpuOffloading,
+      threadpool: threadpoolStats().installed ? "persistent" : "per-decode",
       llamaCppRelease: this.llama.llamaCppRelease.release,
     };
   }

@@ -196,6 +196,8 @@ export interface BackendOptions {
   mmap?: boolean;
   /** Every decode step waits for a token of every generating sequence (default true); false keeps node-llama-cpp's own scheduling. */
   fullBatches?: boolean;
+  /** Persistent llama.cpp CPU threadpools per context (default true; Linux); false keeps node-llama-cpp's threads per decode. */
+  threadpool?: boolean;
   /** Bytes a model load may need at most (weights + context estimate); default: the memory available now. */
   memoryLimit?: number;
   /** Cache dir and runtime dir override, for a single-file executable's native files (see runtime.ts). */
@@ -208,5 +210,7 @@ export interface BackendInfo {
   backend: string;
   threads: number;
   gpuOffloading: boolean;
+  /** "persistent" when contexts get persistent CPU threadpools, else "per-decode" (node-llama-cpp's default). */
+  threadpool: "persistent" | "per-decode";
   llamaCppRelease: string;
 }

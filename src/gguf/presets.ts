@@ -409,14 +409,22 @@ export async function writeTinyModel(path: string, opts: TinyModelOptions = {}):
 export interface BenchModelOptions {
     /** PRNG seed; same seed gives a byte-identical file. Default 1. */
     readonly seed?: number;
+    /**
+     * Number of transformer blocks (default 22, TinyLlama's). Fewer gives a smaller model of the same
+     * width: 6 layers is about 400 MiB. Used to check figures on a shape the harness does not use.
+     */
+    readonly layers?: number;
 }
 
 /** The bench model's GGUF description (Q8_0 matrices, F32 norms; data generated lazily while writing). */
 export function benchModelSpec(opts: BenchModelOptions = {}): GgufFile {
     const seed = opts.seed ?? 1;
-    const shape = BENCH_SHAPE;
+    const layers = opts.layers ?? BENCH_SHAPE.layers;
+    if (!Number.isInteger(layers) || layers < 1) throw new Error(`bad layer count ${layers}`);
+    const shape: LlamaShape = { ...BENCH_SHAPE, layers };
     const vocab = buildSpmVocab(shape.vocabSize);
-    return llamaModel(shape, vocab, "shimmy-bench-tinyllama-1.1b-q8_0", GgmlType.Q8_0, 7, (spec, std, zeroRows) => () => {
+    const name = layers === BENCH_SHAPE.layers ? "shimmy-bench-tinyllama-1.1b-q8_0" : `shimmy-bench-${layers}l-q8_0`;
+    return llamaModel(shape, vocab, name, GgmlType.Q8_0, 7, (spec, std, zeroRows) => () => {
         const blocksPerRow = spec.inDim / Q8_0_BLOCK_SIZE;
         // int8 quants uniform in [-128, 127] have a standard deviation of about 73.9
         return randomQ8_0(blocksPerRow * spec.outDim, tensorSeed(seed, spec.name), std / 73.9, blocksPerRow, zeroRows);

@@ -16,7 +16,7 @@ export function banner(o: { url: string; models: ModelInfo[]; backend: BackendIn
   const lines = [
     `shimmy ${VERSION}`,
     `  url        ${o.url}`,
-    `  backend    ${device}; threads ${o.threads}, ctx ${o.ctxSize}`,
+    `  backend    ${device}; threads ${o.threads}${o.backend?.threadpool === "persistent" ? " (persistent pool)" : ""}, ctx ${o.ctxSize}`,
     `  models     ${usable.length ? usable.map((m) => m.name).join(", ") : "(none)"}`,
     ...(broken.length ? [`  unusable   ${broken.map((m) => `${m.name} (${m.problem})`).join("; ")}`] : []),
     ...dirs.map((d, i) => `  ${i === 0 ? "from      " : "          "} ${d}`),

@@ -1,0 +1,124 @@
+/**
+ * Persistent CPU threadpools for llama.cpp contexts.
+ *
+ * node-llama-cpp (3.21.1) never attaches a ggml threadpool to its contexts, so each decode call makes
+ * ggml start and join fresh worker threads. llama.cpp's own tools attach one persistent pool per
+ * context, whose workers poll for the next graph. On this project's 2-core machine that difference was
+ * most of the gap to llama-server: node-llama-cpp decoded the 6-layer bench model at 36-64 tok/s on
+ * 2 threads, and 66-84 with persistent pools (llama-bench: 91); see the README's Performance section.
+ *
+ * threadpool.c does what llama.cpp's tools do, from outside: it wraps the CPU backend registry's
+ * get_proc_address so each context's CPU backend gets its own persistent pool (freed with the backend).
+ * It is compiled at run time by bun:ffi's TinyCC (no system headers needed) and found through
+ * /proc/self/maps, so it applies on Linux; elsewhere, or when anything does not match what it checks,
+ * shimmy runs with node-llama-cpp's default and says why in the debug log. `SHIMMY_THREADPOOL=0`
+ * turns it off.
+ */
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { log } from "../log.ts";
+import source from "./threadpool.c" with { type: "text" };
+
+/** ggml's polling level for the pools' idle workers (0..100); llama.cpp's tools use 50. */
+export const POLL_LEVEL = 50;
+
+export interface ThreadpoolState {
+  /** True when contexts created from now on get persistent pools. */
+  installed: boolean;
+  /** Why not, when not installed. */
+  reason?: string;
+}
+
+interface Shim {
+  shimmy_tp_install: (reg: unknown, init: unknown, poll: number) => number;
+  shimmy_tp_created: () => number;
+  shimmy_tp_live: () => number;
+  shimmy_tp_refused: () => number;
+}
+
+let state: ThreadpoolState | undefined;
+/** Kept for the life of the process: the compiled code must outlive every context that calls it. */
+let shim: Shim | undefined;
+const keep: unknown[] = [];
+
+const REASONS: Record<number, string> = {
+  1: "already installed",
+  2: "the CPU backend or ggml_threadpool_params_init was not found",
+  3: "the CPU backend registry has an unexpected API version",
+  4: "the CPU backend registry does not name itself CPU",
+  5: "the CPU backend does not provide the threadpool functions",
+  6: "ggml_threadpool_params has an unexpected layout",
+};
+
+/** The loaded ggml libraries' paths (Linux: from /proc/self/maps). */
+function loadedGgml(): { ggml?: string; base?: string } {
+  const files = new Set<string>();
+  for (const line of readFileSync("/proc/self/maps", "utf8").split("\n")) {
+    const i = line.indexOf("/");
+    if (i >= 0 && /\/libggml/.test(line)) files.add(line.slice(i).replace(/ \(deleted\)$/, ""));
+  }
+  const list = [...files];
+  return { ggml: list.find((f) => /^libggml(\.v[\d.]+)?\.so/.test(path.basename(f))), base: list.find((f) => /^libggml-base[^/]*\.so/.test(path.basename(f))) };
+}
+
+/** Writes the C source where TinyCC can read it (bun:ffi's cc takes a path), once per content. */
+function sourceFile(): string {
+  const dir = path.join(os.tmpdir(), "shimmy-native");
+  const file = path.join(dir, `threadpool-${createHash("sha256").update(source).digest("hex").slice(0, 12)}.c`);
+  if (!existsSync(file)) {
+    mkdirSync(dir, { recursive: true });
+    const tmp = `${file}.${process.pid}.tmp`;
+    writeFileSync(tmp, source);
+    renameSync(tmp, file);
+  }
+  return file;
+}
+
+/**
+ * Installs the persistent-pool wrappers into the loaded CPU backend, once per process. Call after
+ * node-llama-cpp has loaded llama.cpp (getLlama) and before contexts are created; contexts that exist
+ * already keep node-llama-cpp's behaviour. Never throws.
+ */
+export async function installThreadpools(enabled = true): Promise<ThreadpoolState> {
+  if (state) return state;
+  if (!enabled) return (state = { installed: false, reason: "turned off (SHIMMY_THREADPOOL=0)" });
+  if (process.platform !== "linux") return (state = { installed: false, reason: `not available on ${process.platform}` });
+  try {
+    const { cc, dlopen, FFIType } = await import("bun:ffi");
+    const libs = loadedGgml();
+    if (!libs.ggml || !libs.base) return (state = { installed: false, reason: "llama.cpp's ggml libraries are not loaded" });
+    const ggml = dlopen(libs.ggml, { ggml_backend_reg_by_name: { args: [FFIType.cstring], returns: FFIType.ptr } });
+    const base = dlopen(libs.base, { ggml_threadpool_params_init: { args: [FFIType.ptr, FFIType.i32], returns: FFIType.void } });
+    keep.push(ggml, base);
+    const reg = ggml.symbols.ggml_backend_reg_by_name(Buffer.from("CPU\0"));
+    if (!reg) return (state = { installed: false, reason: "no CPU backend registered" });
+    const compiled = cc({
+      source: sourceFile(),
+      symbols: {
+        shimmy_tp_install: { args: [FFIType.ptr, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
+        shimmy_tp_created: { args: [], returns: FFIType.i32 },
+        shimmy_tp_live: { args: [], returns: FFIType.i32 },
+        shimmy_tp_refused: { args: [], returns: FFIType.i32 },
+      },
+    });
+    keep.push(compiled);
+    const s = compiled.symbols as unknown as Shim;
+    const rc = s.shimmy_tp_install(reg, (base.symbols.ggml_threadpool_params_init as unknown as { ptr: unknown }).ptr, POLL_LEVEL);
+    if (rc !== 0) return (state = { installed: false, reason: REASONS[rc] ?? `install returned ${rc}` });
+    shim = s;
+    return (state = { installed: true });
+  } catch (err) {
+    return (state = { installed: false, reason: (err as Error).message });
+  } finally {
+    if (state && !state.installed) log.debug(`threadpool: node-llama-cpp's default (a fresh set of threads per decode): ${state.reason}`);
+    else if (state) log.debug(`threadpool: persistent pools per context (poll ${POLL_LEVEL})`);
+  }
+}
+
+/** Pools made so far, pools alive now (one per live multi-threaded CPU context), backends refused. */
+export function threadpoolStats(): { installed: boolean; created: number; live: number; refused: number } {
+  if (!shim) return { installed: false, created: 0, live: 0, refused: 0 };
+  return { installed: true, created: shim.shimmy_tp_created(), live: shim.shimmy_tp_live(), refused: shim.shimmy_tp_refused() };
+}
