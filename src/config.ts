@@ -72,6 +72,8 @@ export interface Config {
   fullBatches: boolean;
   /** Each multi-threaded CPU context gets a persistent llama.cpp threadpool, as llama.cpp's own tools do (Linux). Default true. Env `SHIMMY_THREADPOOL=0` turns it off (a fresh set of threads per decode, node-llama-cpp's default). */
   threadpool: boolean;
+  /** How long the pools' idle workers spin for the next graph, 0..100 (llama.cpp's tools: 50). Default 0 (sleep at once). Env `SHIMMY_THREADPOOL_POLL`. */
+  threadpoolPoll: number;
   /** Serve the browser playground at `/`. Default true. Env `SHIMMY_PLAYGROUND=0`, flag `--no-playground`. */
   playground: boolean;
   /** Log level for stderr: error | warn | info | debug. Default info. Env `SHIMMY_LOG`. */
@@ -256,6 +258,7 @@ export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, 
     mmap: overrides.mmap ?? !["0", "false", "no", "off"].includes((env.SHIMMY_MMAP ?? "").toLowerCase()),
     fullBatches: !["0", "false", "no", "off"].includes((env.SHIMMY_FULL_BATCHES ?? "").toLowerCase()),
     threadpool: !["0", "false", "no", "off"].includes((env.SHIMMY_THREADPOOL ?? "").toLowerCase()),
+    threadpoolPoll: parseIntSetting("SHIMMY_THREADPOOL_POLL", env.SHIMMY_THREADPOOL_POLL, 0, 100) ?? 0,
     playground: overrides.playground ?? !["0", "false", "no", "off"].includes((env.SHIMMY_PLAYGROUND ?? "").toLowerCase()),
     memoryLimit: parseBytes("SHIMMY_MEMORY_LIMIT", env.SHIMMY_MEMORY_LIMIT),
     loras: parseLoras(overrides.loraGguf !== undefined ? "--lora" : "SHIMMY_LORA_GGUF", overrides.loraGguf ?? env.SHIMMY_LORA_GGUF),

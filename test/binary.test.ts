@@ -122,6 +122,20 @@ maybe("single-file executable", () => {
     expect(runtimeDirs(home)).toHaveLength(1);
   });
 
+  test("the executable compiles and installs the persistent CPU threadpools (bun:ffi TinyCC inside the binary)", async () => {
+    const home = path.join(tmp, "home-threadpool");
+    mkdirSync(home);
+    const args = ["generate", "tiny", "--prompt", "hello", "--max-tokens", "6", "--temperature", "0", "--threads", "2"];
+    const on = await run(args, { home, env: { SHIMMY_LOG: "debug" } });
+    expect(on.code).toBe(0);
+    expect(on.stderr).toContain("threadpool: persistent pools per context");
+    const off = await run(args, { home, env: { SHIMMY_LOG: "debug", SHIMMY_THREADPOOL: "0" } });
+    expect(off.code).toBe(0);
+    expect(off.stderr).toContain("threadpool: node-llama-cpp's default");
+    expect(on.stdout).toBe(off.stdout);
+    expect(on.stdout.length).toBeGreaterThan(0);
+  });
+
   test("simultaneous first runs share one extraction and leave no temp dirs", async () => {
     const home = path.join(tmp, "home-concurrent");
     mkdirSync(home);

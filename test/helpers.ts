@@ -28,9 +28,9 @@ export async function makeFixtures(): Promise<{ dir: string; tiny: string; lora:
 }
 
 /** A real engine on CPU with 1 thread (fastest for the tiny model on 2 cores). */
-export function makeEngine(opts: { dir?: string; base?: string; lora?: string; ctxSize?: number } = {}): Engine {
+export function makeEngine(opts: { dir?: string; base?: string; lora?: string; ctxSize?: number; threads?: number; parallel?: number } = {}): Engine {
   const registry = new ModelRegistry({ baseGguf: opts.base, loras: opts.lora ? [{ path: opts.lora, scale: 1 }] : [], modelDirs: opts.dir ? [opts.dir] : [] }, opts.dir ?? os.tmpdir());
-  return new Engine(registry, { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: opts.ctxSize ?? 4096, chatTemplate: "auto" });
+  return new Engine(registry, { gpu: "cpu", threads: opts.threads ?? 1, threadsExplicit: true, ctxSize: opts.ctxSize ?? 4096, chatTemplate: "auto", ...(opts.parallel ? { parallel: opts.parallel } : {}) });
 }
 
 /** Starts the real app on an ephemeral loopback port. */

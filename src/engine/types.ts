@@ -198,6 +198,8 @@ export interface BackendOptions {
   fullBatches?: boolean;
   /** Persistent llama.cpp CPU threadpools per context (default true; Linux); false keeps node-llama-cpp's threads per decode. */
   threadpool?: boolean;
+  /** The pools' polling level, 0..100 (default 0). */
+  threadpoolPoll?: number;
   /** Bytes a model load may need at most (weights + context estimate); default: the memory available now. */
   memoryLimit?: number;
   /** Cache dir and runtime dir override, for a single-file executable's native files (see runtime.ts). */
