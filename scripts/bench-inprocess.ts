@@ -6,13 +6,21 @@
  * Sampling as shimmy does it for these requests: greedy, no repeat penalty (LlamaCompletion applies
  * one by default, which costs time per token and is not what the servers run).
  *
- *   bun scripts/bench-inprocess.ts MODEL THREADS CTX TOKENS
+ * With POOLS = "pools", shimmy's persistent CPU threadpools (src/engine/threadpool.ts) are installed
+ * first: the same engine configuration shimmy serves with, so SSE against this floor is the HTTP cost.
+ *
+ *   bun scripts/bench-inprocess.ts MODEL THREADS CTX TOKENS [pools]
  */
 import { getLlama, LlamaCompletion } from "node-llama-cpp";
+import { installThreadpools } from "../src/engine/threadpool.ts";
 import { benchPrompt } from "./bench-prompt.ts";
 
-const [model, threads, ctxSize, tokens] = process.argv.slice(2);
+const [model, threads, ctxSize, tokens, pools] = process.argv.slice(2);
 const llama = await getLlama({ gpu: false, build: "never", skipDownload: true, logLevel: "error" as never });
+if (pools === "pools") {
+  const state = await installThreadpools(true);
+  if (!state.installed) throw new Error(`threadpool: ${state.reason}`);
+}
 const m = await llama.loadModel({ modelPath: model! });
 const ctx = await m.createContext({ contextSize: Number(ctxSize), threads: Number(threads), sequences: 1 });
 const seq = ctx.getSequence();
