@@ -8,7 +8,7 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { copyFileSync } from "node:fs";
 import path from "node:path";
 import type { Engine } from "../src/engine/engine.ts";
-import { threadpoolStats } from "../src/engine/threadpool.ts";
+import { loadedGgml, threadpoolStats } from "../src/engine/threadpool.ts";
 import { makeEngine, makeFixtures, runCli } from "./helpers.ts";
 
 let fx: Awaited<ReturnType<typeof makeFixtures>>;
@@ -79,3 +79,19 @@ test("two models decoding at the same time, each on its own pool, give the same 
   }
   expect(threadpoolStats().refused).toBe(0);
 }, 90_000);
+
+test("finds node-llama-cpp's ggml libraries among the mapped files, for CPU and GPU builds", () => {
+  const line = (f: string) => `7f0000000000-7f0000001000 r-xp 00000000 08:01 123 ${f}`;
+  const cpu = "/c/bins/linux-x64";
+  const vk = "/c/bins/linux-x64-vulkan";
+  const cuda = "/c/bins/linux-x64-cuda";
+  const cpuMaps = [line(`${cpu}/libggml.v0.4.0.so`), line(`${cpu}/libggml-base.so`), line(`${cpu}/libggml-cpu-zen4.so`), line("/usr/lib/libc.so.6")].join("\n");
+  expect(loadedGgml(false, cpuMaps)).toEqual({ ggml: `${cpu}/libggml.v0.4.0.so`, base: `${cpu}/libggml-base.so` });
+  const cudaMaps = [line(`${cuda}/libggml.cuda.v0.4.0.so`), line(`${cuda}/libggml-base.so`), line(`${cuda}/libggml-cuda.so`)].join("\n");
+  expect(loadedGgml("cuda", cudaMaps)).toEqual({ ggml: `${cuda}/libggml.cuda.v0.4.0.so`, base: `${cuda}/libggml-base.so` });
+  // A Vulkan build that failed to start, then the CPU build: the one in use is picked, with its own base.
+  const both = [line(`${vk}/libggml.vulkan.v0.4.0.so`), line(`${vk}/libggml-base.so`), cpuMaps].join("\n");
+  expect(loadedGgml(false, both)).toEqual({ ggml: `${cpu}/libggml.v0.4.0.so`, base: `${cpu}/libggml-base.so` });
+  expect(loadedGgml("vulkan", both)).toEqual({ ggml: `${vk}/libggml.vulkan.v0.4.0.so`, base: `${vk}/libggml-base.so` });
+  expect(loadedGgml(false, line("/usr/lib/libc.so.6"))).toEqual({ ggml: undefined, base: undefined });
+});

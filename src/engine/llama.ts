@@ -143,7 +143,7 @@ export async function openBackend(opts: BackendOptions): Promise<NativeBackend> 
     const why = opts.gpu === "cuda" || opts.gpu === "vulkan" || opts.gpu === "metal" ? (await whyNoGpu()).find((w) => w.startsWith(opts.gpu)) : undefined;
     throw new BackendError(`cannot start llama.cpp with --gpu ${opts.gpu}: ${why ?? (err as Error).message}`, { cause: err });
   }
-  await installThreadpools(opts.threadpool !== false, opts.threadpoolPoll);
+  await installThreadpools(opts.threadpool !== false, opts.threadpoolPoll, llama.gpu);
   if (opts.gpu === "auto" && llama.gpu === false) {
     const why = await whyNoGpu();
     if (why.length) log.warn(`GPU: not used (${why.join("; ")}); running on CPU`);

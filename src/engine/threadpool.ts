@@ -57,15 +57,22 @@ const REASONS: Record<number, string> = {
   6: "ggml_threadpool_params has an unexpected layout",
 };
 
-/** The loaded ggml libraries' paths (Linux: from /proc/self/maps). */
-function loadedGgml(): { ggml?: string; base?: string } {
+/**
+ * The loaded ggml libraries' paths (Linux: from /proc/self/maps): node-llama-cpp's `libggml.v*.so`
+ * (CPU build) or `libggml.<gpu>.v*.so` (GPU builds), and the `libggml-base.so` beside it. When a GPU
+ * build failed to start and the CPU build was loaded after it, both are mapped: `gpu` picks.
+ */
+export function loadedGgml(gpu: string | false, maps?: string): { ggml?: string; base?: string } {
   const files = new Set<string>();
-  for (const line of readFileSync("/proc/self/maps", "utf8").split("\n")) {
+  for (const line of (maps ?? readFileSync("/proc/self/maps", "utf8")).split("\n")) {
     const i = line.indexOf("/");
-    if (i >= 0 && /\/libggml/.test(line)) files.add(line.slice(i).replace(/ \(deleted\)$/, ""));
+    if (i >= 0 && line.includes("/libggml")) files.add(line.slice(i).replace(/ \(deleted\)$/, ""));
   }
-  const list = [...files];
-  return { ggml: list.find((f) => /^libggml(\.v[\d.]+)?\.so/.test(path.basename(f))), base: list.find((f) => /^libggml-base[^/]*\.so/.test(path.basename(f))) };
+  const loaders = [...files].filter((f) => /^libggml(\.[a-z]+)?\.v[\d.]+\.so$|^libggml\.so(\.\d+)*$/.test(path.basename(f)));
+  const tag = (f: string) => /^libggml\.([a-z]+)\.v/.exec(path.basename(f))?.[1] ?? false;
+  const ggml = loaders.length === 1 ? loaders[0] : loaders.find((f) => tag(f) === gpu);
+  const base = ggml ? [...files].find((f) => path.dirname(f) === path.dirname(ggml) && /^libggml-base\.so/.test(path.basename(f))) : undefined;
+  return { ggml, base };
 }
 
 /** Writes the C source where TinyCC can read it (bun:ffi's cc takes a path), once per content. */
@@ -86,20 +93,20 @@ function sourceFile(): string {
  * node-llama-cpp has loaded llama.cpp (getLlama) and before contexts are created; contexts that exist
  * already keep node-llama-cpp's behaviour. Never throws.
  */
-export async function installThreadpools(enabled = true, poll = DEFAULT_POLL): Promise<ThreadpoolState> {
+export async function installThreadpools(enabled = true, poll = DEFAULT_POLL, gpu: string | false = false): Promise<ThreadpoolState> {
   if (state) return state;
-  state = await install(enabled, poll);
+  state = await install(enabled, poll, gpu);
   if (state.installed) log.debug(`threadpool: persistent pools per context (poll ${poll})`);
   else log.debug(`threadpool: node-llama-cpp's default (a fresh set of threads per decode): ${state.reason}`);
   return state;
 }
 
-async function install(enabled: boolean, poll: number): Promise<ThreadpoolState> {
+async function install(enabled: boolean, poll: number, gpu: string | false): Promise<ThreadpoolState> {
   if (!enabled) return { installed: false, reason: "turned off (SHIMMY_THREADPOOL=0)" };
   if (process.platform !== "linux") return { installed: false, reason: `not available on ${process.platform}` };
   try {
     const { cc, dlopen, FFIType } = await import("bun:ffi");
-    const libs = loadedGgml();
+    const libs = loadedGgml(gpu);
     if (!libs.ggml || !libs.base) return { installed: false, reason: "llama.cpp's ggml libraries are not loaded" };
     const ggml = dlopen(libs.ggml, { ggml_backend_reg_by_name: { args: [FFIType.cstring], returns: FFIType.ptr } });
     const base = dlopen(libs.base, { ggml_threadpool_params_init: { args: [FFIType.ptr, FFIType.i32], returns: FFIType.void } });
