@@ -387,6 +387,7 @@ async function main() {
             b.push(await agg(sides.server));
             a.push(await agg(sides.shimmy));
           }
+          console.error(`  ${streams} streams, round ${r + 1}: shimmy ${a.at(-1)!.tps.toFixed(1)} tok/s, llama-server ${b.at(-1)!.tps.toFixed(1)} tok/s`);
         }
         const m = (xs: typeof a, k: "tps" | "ttft" | "decode") => median(xs.map((x) => x[k]));
         conc.push({ streams, shimmy_tps: m(a, "tps"), llama_server_tps: m(b, "tps"), shimmy_ttft_ms: m(a, "ttft"), llama_server_ttft_ms: m(b, "ttft"), shimmy_stream_decode_tps: m(a, "decode"), llama_server_stream_decode_tps: m(b, "decode"), ratio: paired(a.map((x, i) => [x, b[i]]), (x, y) => x.tps / y.tps) });
