@@ -1,8 +1,9 @@
 /**
  * Comparison harness (`bun run bench:compare`): shimmy against its floor (node-llama-cpp generating
  * in-process) and against llama.cpp's own llama-server, on the same model, threads, prompt and greedy
- * sampling. The in-process floor runs in a process of its own (scripts/bench-inprocess.ts). Runs are interleaved (every round visits every mode, in rotating order) so machine drift
- * hits all modes alike; figures are medians. Writes docs/BENCHMARKS.md and docs/benchmarks.json.
+ * sampling. The in-process floors run in processes of their own (scripts/bench-inprocess.ts). Runs are
+ * interleaved (every round visits every mode, in rotating order) so machine drift hits all modes alike,
+ * with a short untimed request whenever the process changes; figures are medians, targets paired ratios. Writes docs/BENCHMARKS.md and docs/benchmarks.json.
  *
  *   bun scripts/bench-compare.ts [--threads N] [--runs 5] [--tokens 32] [--model FILE] [--llama-server PATH] [--streams 1,2,4,8|none] [--quick] [--out DIR]
  *
@@ -261,7 +262,8 @@ async function llamaCompletion(url: string, i: number): Promise<Sample> {
 
 // ---------------------------------------------------------------------------------------------
 
-type Mode = { name: string; run: (i: number) => Promise<Sample> };
+/** A measured mode; `group` names the process it runs in, `warm` is a short untimed request to it. */
+type Mode = { name: string; run: (i: number) => Promise<Sample>; group: string; warm: () => Promise<unknown> };
 const IN_STOCK = "in-process (node-llama-cpp as shipped)";
 const IN_POOLED = "in-process (node-llama-cpp + shimmy's threadpools)";
 const SSE = "shimmy SSE /api/generate";
@@ -288,7 +290,12 @@ async function main() {
       const r = JSON.parse(value as string) as { t0: number; stamps: number[]; promptTokens: number };
       return sample(r.t0, r.stamps, r.promptTokens);
     };
-    return { proc, run };
+    const warm = async () => {
+      proc.stdin.write("w\n");
+      proc.stdin.flush();
+      await out.next();
+    };
+    return { proc, run, warm };
   };
   const stock = await startFloor(false);
   const pooled = await startFloor(true);
@@ -300,15 +307,17 @@ async function main() {
     await waitFor(`${shimmy.url}/health`);
     await waitFor(`${server.url}/health`);
     await fetch(`${shimmy.url}/api/models/${shimmy.name}/load`, { method: "POST" });
+    const warmShimmy = () => fetch(`${shimmy.url}/api/generate`, { method: "POST", body: JSON.stringify({ model: shimmy.name, prompt: prompt(0), max_tokens: 4, temperature: 0, stream: false }) }).then((r) => r.text());
+    const warmServer = () => fetch(`${server.url}/completion`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: prompt(0), n_predict: 4, temperature: 0, cache_prompt: false }) }).then((r) => r.text());
     const modes: Mode[] = [
-      { name: IN_STOCK, run: stock.run },
-      { name: IN_POOLED, run: pooled.run },
-      { name: SSE, run: (i) => shimmySse(shimmy.url, shimmy.name, i) },
-      { name: "shimmy JSON /api/generate", run: (i) => shimmyJson(shimmy.url, shimmy.name, i) },
-      { name: "shimmy WebSocket", run: (i) => shimmyWs(shimmy.url, shimmy.name, i) },
-      { name: "shimmy OpenAI stream /v1/completions", run: (i) => openaiStream(shimmy.url, shimmy.name, i) },
-      { name: LS_COMPLETION, run: (i) => llamaCompletion(server.url, i) },
-      { name: "llama-server /v1/completions stream", run: (i) => openaiStream(server.url, "m", i) },
+      { name: IN_STOCK, run: stock.run, group: "stock", warm: stock.warm },
+      { name: IN_POOLED, run: pooled.run, group: "pooled", warm: pooled.warm },
+      { name: SSE, run: (i) => shimmySse(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
+      { name: "shimmy JSON /api/generate", run: (i) => shimmyJson(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
+      { name: "shimmy WebSocket", run: (i) => shimmyWs(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
+      { name: "shimmy OpenAI stream /v1/completions", run: (i) => openaiStream(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
+      { name: LS_COMPLETION, run: (i) => llamaCompletion(server.url, i), group: "llama-server", warm: warmServer },
+      { name: "llama-server /v1/completions stream", run: (i) => openaiStream(server.url, "m", i), group: "llama-server", warm: warmServer },
     ];
     // A failed run (a server error, a reset connection) is reported and left out, never silently kept.
     const failures: string[] = [];
@@ -326,12 +335,18 @@ async function main() {
     const samples = new Map<string, Sample[]>(modes.map((x) => [x.name, []]));
     const rounds: Array<Map<string, Sample>> = [];
     let n = 1;
+    let lastGroup = "";
     for (let r = 0; r < runs; r++) {
       // Rotate the order every round so drift and position effects cancel.
       const order = [...modes.slice(r % modes.length), ...modes.slice(0, r % modes.length)];
       const round = new Map<string, Sample>();
       rounds.push(round);
       for (const mode of order) {
+        // The first run after another process has computed is slower (a cold start of this process's
+        // threads and caches, ~100 ms of TTFT here). So that no mode pays it for its place in the
+        // rotation, a short untimed request goes first whenever the process changes.
+        if (mode.group !== lastGroup) await mode.warm().catch(() => {});
+        lastGroup = mode.group;
         const x = await attempt(mode, n++);
         if (x) {
           samples.get(mode.name)!.push(x);
@@ -374,18 +389,26 @@ async function main() {
           return { tps: (r.reduce((a, x) => a + x.tokens, 0) * 1000) / (performance.now() - t0), ttft: median(r.map((x) => x.ttftMs)), decode: median(r.map((x) => x.decodeTps)) };
         };
         const sides = { shimmy: (i: number) => shimmySse(sN.url, sN.name, i), server: (i: number) => llamaCompletion(lN.url, i) };
+        // A short untimed request before each side's round (see the single-stream loop: the first run after
+        // the other server computed is slower).
+        const warm = {
+          shimmy: () => fetch(`${sN.url}/api/generate`, { method: "POST", body: JSON.stringify({ model: sN.name, prompt: prompt(0), max_tokens: 4, temperature: 0, stream: false }) }).then((r) => r.text()).catch(() => ""),
+          server: () => fetch(`${lN.url}/completion`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: prompt(0), n_predict: 4, temperature: 0, cache_prompt: false }) }).then((r) => r.text()).catch(() => ""),
+        };
         // Warm-up at this batch shape, both sides.
         await agg(sides.shimmy);
         await agg(sides.server);
         const a: Array<Awaited<ReturnType<typeof agg>>> = [];
         const b: Array<Awaited<ReturnType<typeof agg>>> = [];
         for (let r = 0; r < runs; r++) {
+          const shimmyRound = async () => (await warm.shimmy(), a.push(await agg(sides.shimmy)));
+          const serverRound = async () => (await warm.server(), b.push(await agg(sides.server)));
           if (r % 2 === 0) {
-            a.push(await agg(sides.shimmy));
-            b.push(await agg(sides.server));
+            await shimmyRound();
+            await serverRound();
           } else {
-            b.push(await agg(sides.server));
-            a.push(await agg(sides.shimmy));
+            await serverRound();
+            await shimmyRound();
           }
           console.error(`  ${streams} streams, round ${r + 1}: shimmy ${a.at(-1)!.tps.toFixed(1)} tok/s, llama-server ${b.at(-1)!.tps.toFixed(1)} tok/s`);
         }
@@ -457,6 +480,8 @@ function report(single: Array<Record<string, number | string>>, conc: Conc[], id
     `Model: ${path.basename(model)} (${values.model ? "given with --model" : "TinyLlama-1.1B shape, Q8_0, random weights: same compute as a trained model"}). Threads ${threads}, context ${CTX}, greedy, ${tokens} tokens per run, medians of ${runs} interleaved runs (prompt re-evaluated every run).`,
     "",
     `Command: \`${command}\``,
+    "",
+    "Whenever the next run is in another process than the last one, a short untimed request (4 tokens) goes to it first: the first run after another process has computed is slower (about 100 ms more time to first token on this VM), and without this each mode paid it or not by its place in the rotation.",
     "",
     "## One stream",
     "",

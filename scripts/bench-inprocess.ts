@@ -2,7 +2,8 @@
  * The in-process floor for `bench-compare.ts`, in a process of its own (so the harness's own
  * JavaScript, parsing every other contender's streams, never shares a process with the decode).
  * Loads MODEL with node-llama-cpp, then for each line `i` on stdin generates `prompt(i)` greedily and
- * answers one JSON line {t0, stamps, promptTokens} with performance.now() times of this process.
+ * answers one JSON line {t0, stamps, promptTokens} with performance.now() times of this process; a line
+ * `w` runs a short untimed warm-up generation and answers `ok`.
  * Sampling as shimmy does it for these requests: greedy, no repeat penalty (LlamaCompletion applies
  * one by default, which costs time per token and is not what the servers run).
  *
@@ -26,6 +27,14 @@ const ctx = await m.createContext({ contextSize: Number(ctxSize), threads: Numbe
 const seq = ctx.getSequence();
 process.stdout.write("ready\n");
 for await (const line of console) {
+  // "w": a short untimed warm-up generation (4 tokens), answered with "ok".
+  if (line === "w") {
+    const warm = new LlamaCompletion({ contextSequence: seq });
+    await warm.generateCompletion(benchPrompt(0), { maxTokens: 4, temperature: 0, repeatPenalty: false });
+    warm.dispose({ disposeSequence: false });
+    process.stdout.write("ok\n");
+    continue;
+  }
   const i = Number(line);
   const completion = new LlamaCompletion({ contextSequence: seq });
   const stamps: number[] = [];
