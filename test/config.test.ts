@@ -32,6 +32,13 @@ describe("config", () => {
     expect(configFrom({ "no-playground": true }).playground).toBe(false);
   });
 
+  test("persistent threadpools: on by default, SHIMMY_THREADPOOL=0 turns them off; SHIMMY_THREADPOOL_POLL is 0..100 (default 0)", () => {
+    expect(loadConfig({}, {})).toMatchObject({ threadpool: true, threadpoolPoll: 0 });
+    expect(loadConfig({}, { SHIMMY_THREADPOOL: "0", SHIMMY_THREADPOOL_POLL: "50" })).toMatchObject({ threadpool: false, threadpoolPoll: 50 });
+    expect(() => loadConfig({}, { SHIMMY_THREADPOOL_POLL: "101" })).toThrow(/SHIMMY_THREADPOOL_POLL/);
+    expect(() => loadConfig({}, { SHIMMY_THREADPOOL_POLL: "lots" })).toThrow(/SHIMMY_THREADPOOL_POLL/);
+  });
+
   test("chat templates: a default and per-model items; built-in names or Jinja files", () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), "shimmy-tpl-"));
     try {
