@@ -42,3 +42,33 @@ test("4 concurrent streams: each decode step holds all 4 tokens, in sequence ord
     context._ctx = native;
   }
 });
+
+test("a request on a slot holding another prompt starts while the other slots keep generating (no wait for the context lock)", async () => {
+  const { engine } = ctx;
+  await engine.load("tiny");
+  // Every slot holds a finished generation, so the next prompts differ from what their slots cache and
+  // their tails must be trimmed (node-llama-cpp does that under the lock its busy decode loop holds).
+  await Promise.all([0, 1, 2, 3].map((i) => engine.complete("tiny", { prompt: `old prompt number ${i} about the sea`, maxTokens: 4, temperature: 0 })));
+  const order: string[] = [];
+  const consume = async (tag: string, prompt: string, maxTokens: number) => {
+    let first = true;
+    for await (const ev of engine.generate("tiny", { prompt, maxTokens, temperature: 0 })) {
+      if (ev.type === "token" && first) {
+        first = false;
+        order.push(`${tag}:first`);
+      }
+      if (ev.type === "done") order.push(`${tag}:done`);
+    }
+  };
+  // Two long generations keep node-llama-cpp's decode loop (and the context lock) busy throughout.
+  const long = Promise.all([consume("long", "a long answer about mountains", 400), consume("long2", "another long answer, about hills", 400)]);
+  while (!order.includes("long:first") || !order.includes("long2:first")) await Bun.sleep(1);
+  await consume("short", "something else entirely, rivers", 4);
+  order.push("short:returned");
+  await long;
+  // The short request ran to its end while the long ones were still generating (before the fix it
+  // started only after both had finished: 300 ms instead of 10 here).
+  expect(order.indexOf("short:done")).toBeGreaterThan(-1);
+  expect(order.indexOf("short:done")).toBeLessThan(order.indexOf("long:done"));
+  expect(order.indexOf("short:done")).toBeLessThan(order.indexOf("long2:done"));
+});

@@ -41,6 +41,7 @@ import { log } from "../log.ts";
 // grammar: integers get no exponent and at most 15 digits, fractional numbers an exponent of at most
 // 2 digits.
 import { GbnfNumber } from "../../node_modules/node-llama-cpp/dist/utils/gbnfJson/terminals/GbnfNumber.js";
+import { withLock } from "lifecycle-utils";
 import { maximumParallelismStrategy } from "../../node_modules/node-llama-cpp/dist/evaluator/LlamaContext/utils/batchItemsPrioritizationStrategies/maximumParallelismStrategy.js";
 import { nativeBuildInfo } from "./runtime.ts";
 import { StopMatcher } from "./stop.ts";
@@ -71,6 +72,68 @@ const SMALL_MODEL_BYTES = 64 * 1024 * 1024;
 /** The slot pool serving each context (its `busy` count is how many sequences are generating). */
 const POOLS = new WeakMap<LlamaContext, SlotPool>();
 
+/**
+ * Slot truncations waiting for a safe point of their context. node-llama-cpp's dispatch loop holds the
+ * context's lock for as long as any sequence keeps queuing tokens, and trimming a slot's cached tokens
+ * (`eraseContextTokenRanges`, which LlamaCompletion calls when a new prompt differs from what the slot
+ * holds) needs that lock. So a request that reused a slot waited, before evaluating its prompt, until
+ * every other generation on the model had finished: with 8 streams, one of them started only when the
+ * other 7 were done, and the 8-stream aggregate fell to 0.6-0.7x (traced: 63 steps of 7 tokens, then
+ * 63 steps of 1). The trim is done instead at the next point where the loop is between two decode
+ * steps (the batch strategy runs there, inside the lock, with no decode in flight); when the loop is
+ * idle, under the lock at once.
+ */
+const TRUNCATIONS = new WeakMap<LlamaContext, Array<() => void>>();
+
+/** Runs (and clears) the truncations waiting for this context. Called only where no decode is in flight. */
+function runTruncations(context: LlamaContext): void {
+  const list = TRUNCATIONS.get(context);
+  if (!list?.length) return;
+  for (const run of list.splice(0)) run();
+}
+
+/** node-llama-cpp 3.21.1's sequence state that a trim changes (what `_eraseContextTokenRanges` does for one range at the end). */
+interface SequenceInternals {
+  _sequenceId: number;
+  _nextTokenIndex: number;
+  _contextTokens: Token[];
+  _loadedTokenPredictions: unknown[];
+  _checkpoints?: { pruneFromEndToIndex(index: number): void };
+  _context: { _ctx: { removeTokenCellsFromSequence(seq: number, start: number, end: number): boolean; getSequenceKvCacheMinPosition(seq: number): number } };
+}
+
+/**
+ * Drops the slot's cached tokens from `keep` on, so that LlamaCompletion finds nothing to erase and
+ * never waits for the context lock (see TRUNCATIONS). Leaves anything unusual (checkpointed or SWA
+ * caches, token predictions, a failed native removal) to node-llama-cpp's own erase.
+ */
+async function trimSlot(context: LlamaContext, seq: LlamaContextSequence, keep: number): Promise<void> {
+  if (seq.nextTokenIndex <= keep || keep < 1 || seq.needsCheckpoints) return;
+  let done = false;
+  const trim = () => {
+    if (done) return;
+    done = true;
+    const s = seq as unknown as SequenceInternals;
+    const end = s._nextTokenIndex;
+    if (end <= keep || s._loadedTokenPredictions.length > 0) return;
+    if (keep <= Math.max(0, s._context._ctx.getSequenceKvCacheMinPosition(s._sequenceId))) return;
+    if (!s._context._ctx.removeTokenCellsFromSequence(s._sequenceId, keep, end)) return;
+    s._contextTokens.splice(keep);
+    s._nextTokenIndex = keep;
+    s._checkpoints?.pruneFromEndToIndex(keep - 1);
+  };
+  const list = TRUNCATIONS.get(context) ?? [];
+  TRUNCATIONS.set(context, list);
+  await new Promise<void>((resolve) => {
+    list.push(() => {
+      trim();
+      resolve();
+    });
+    // If the dispatch loop ends before its next step, the lock frees and this runs it.
+    void withLock([context, "context"], () => runTruncations(context)).catch(() => resolve());
+  });
+}
+
 /** Most decode steps in a row that may be put off waiting for a generating sequence's token. */
 const MAX_DEFERRALS = 8;
 
@@ -85,6 +148,7 @@ const MAX_DEFERRALS = 8;
 function fullBatchStrategy(holder: { context?: LlamaContext }) {
   let deferred = 0;
   return ({ items, size }: { items: readonly BatchItem[]; size: number }) => {
+    if (holder.context) runTruncations(holder.context);
     const generating = holder.context ? (POOLS.get(holder.context)?.busy ?? 0) : 0;
     if (items.length < generating && deferred < MAX_DEFERRALS) {
       deferred++;
@@ -948,6 +1012,7 @@ export class NativeModel {
       // LlamaCompletion keeps the part of the slot's KV cache that matches the prompt (at least one
       // prompt token is always evaluated).
       clock.cached = Math.min(commonPrefix(seq.contextTokens, input), input.length - 1);
+      await trimSlot(this.pool.context, seq, clock.cached);
       const completion = new LlamaCompletion({ contextSequence: seq, autoDisposeSequence: false });
       const run = new Run(opts.signal, opts.stop, onText);
       try {
