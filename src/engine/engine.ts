@@ -65,11 +65,16 @@ export interface ModelStatus {
   loadMs?: number;
 }
 
+/** Order of use across models: Date.now() ties within a millisecond, which made LRU eviction pick at random. */
+let useCounter = 0;
+
 class ModelHandle {
   state: ModelState = "loading";
   loaded: LoadedModel | undefined;
   active = 0;
   lastUsed = Date.now();
+  /** Increases with every use; least recently used = smallest. */
+  useOrder = ++useCounter;
   expiresAt: number | null = null;
   timer: ReturnType<typeof setTimeout> | undefined;
   idleWaiters: Array<() => void> = [];
@@ -171,7 +176,7 @@ export class Engine {
   private makeRoom(): void {
     const max = this.options.maxLoadedModels ?? 3;
     while (this.models.size >= max) {
-      const idle = [...this.models.values()].filter((h) => h.state === "loaded" && h.active === 0).sort((a, b) => a.lastUsed - b.lastUsed)[0];
+      const idle = [...this.models.values()].filter((h) => h.state === "loaded" && h.active === 0).sort((a, b) => a.useOrder - b.useOrder)[0];
       if (!idle) throw new OverloadedError(`${this.models.size} models are loaded and busy (max-loaded-models ${max}); retry later`);
       log.info(`unloading ${idle.entry.name} (least recently used; max-loaded-models ${max})`);
       void this.dispose(idle);
@@ -261,7 +266,7 @@ export class Engine {
 
   /** Models loaded or loading, most recently used first. */
   ps(): ModelStatus[] {
-    return [...this.models.values()].sort((a, b) => b.lastUsed - a.lastUsed).map((h) => this.statusOf(h));
+    return [...this.models.values()].sort((a, b) => b.useOrder - a.useOrder).map((h) => this.statusOf(h));
   }
 
   /** Registered models with size and whether each is loaded (a fresh scan when `refresh`). */
@@ -346,6 +351,7 @@ export class Engine {
       this.running.delete(controller);
       h.active--;
       h.lastUsed = Date.now();
+      h.useOrder = ++useCounter;
       if (h.active === 0) {
         for (const w of h.idleWaiters.splice(0)) w();
         if (this.models.get(h.entry.name) === h && h.state === "loaded") this.scheduleUnload(h, opts.keepAliveMs ?? this.options.keepAliveMs ?? 300_000);
