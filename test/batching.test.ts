@@ -50,9 +50,9 @@ test("a request on a slot holding another prompt starts while the other slots ke
   // their tails must be trimmed (node-llama-cpp does that under the lock its busy decode loop holds).
   await Promise.all([0, 1, 2, 3].map((i) => engine.complete("tiny", { prompt: `old prompt number ${i} about the sea`, maxTokens: 4, temperature: 0 })));
   const order: string[] = [];
-  const consume = async (tag: string, prompt: string, maxTokens: number) => {
+  const consume = async (tag: string, prompt: string, maxTokens: number, extra: { logprobs?: number } = {}) => {
     let first = true;
-    for await (const ev of engine.generate("tiny", { prompt, maxTokens, temperature: 0 })) {
+    for await (const ev of engine.generate("tiny", { prompt, maxTokens, temperature: 0, ...extra })) {
       if (ev.type === "token" && first) {
         first = false;
         order.push(`${tag}:first`);
@@ -64,11 +64,15 @@ test("a request on a slot holding another prompt starts while the other slots ke
   const long = Promise.all([consume("long", "a long answer about mountains", 400), consume("long2", "another long answer, about hills", 400)]);
   while (!order.includes("long:first") || !order.includes("long2:first")) await Bun.sleep(1);
   await consume("short", "something else entirely, rivers", 4);
-  order.push("short:returned");
+  // The logprobs path empties its slot first (clearHistory took the same lock, even for an empty slot).
+  await consume("logprobs", "and now the lakes", 4, { logprobs: 2 });
   await long;
   // The short request ran to its end while the long ones were still generating (before the fix it
   // started only after both had finished: 300 ms instead of 10 here).
   expect(order.indexOf("short:done")).toBeGreaterThan(-1);
   expect(order.indexOf("short:done")).toBeLessThan(order.indexOf("long:done"));
   expect(order.indexOf("short:done")).toBeLessThan(order.indexOf("long2:done"));
+  expect(order.indexOf("logprobs:done")).toBeGreaterThan(-1);
+  expect(order.indexOf("logprobs:done")).toBeLessThan(order.indexOf("long:done"));
+  expect(order.indexOf("logprobs:done")).toBeLessThan(order.indexOf("long2:done"));
 });

@@ -99,16 +99,16 @@ interface SequenceInternals {
   _contextTokens: Token[];
   _loadedTokenPredictions: unknown[];
   _checkpoints?: { pruneFromEndToIndex(index: number): void };
-  _context: { _ctx: { removeTokenCellsFromSequence(seq: number, start: number, end: number): boolean; getSequenceKvCacheMinPosition(seq: number): number } };
+  _context: { _ctx: { removeTokenCellsFromSequence(seq: number, start: number, end: number): boolean; getSequenceKvCacheMinPosition(seq: number): number; disposeSequence(seq: number): void } };
 }
 
 /**
- * Drops the slot's cached tokens from `keep` on, so that LlamaCompletion finds nothing to erase and
- * never waits for the context lock (see TRUNCATIONS). Leaves anything unusual (checkpointed or SWA
- * caches, token predictions, a failed native removal) to node-llama-cpp's own erase.
+ * Drops the slot's cached tokens from `keep` on (0: all of them), so that LlamaCompletion finds
+ * nothing to erase and never waits for the context lock (see TRUNCATIONS). Leaves anything unusual
+ * (checkpointed or SWA caches, token predictions, a failed native removal) to node-llama-cpp's own erase.
  */
 async function trimSlot(context: LlamaContext, seq: LlamaContextSequence, keep: number): Promise<void> {
-  if (seq.nextTokenIndex <= keep || keep < 1 || seq.needsCheckpoints) return;
+  if (seq.nextTokenIndex <= keep || keep < 0 || seq.needsCheckpoints) return;
   let done = false;
   const trim = () => {
     if (done) return;
@@ -116,6 +116,14 @@ async function trimSlot(context: LlamaContext, seq: LlamaContextSequence, keep: 
     const s = seq as unknown as SequenceInternals;
     const end = s._nextTokenIndex;
     if (end <= keep || s._loadedTokenPredictions.length > 0) return;
+    if (keep === 0) {
+      // What node-llama-cpp does when a whole sequence goes: drop it natively, forget its tokens.
+      s._context._ctx.disposeSequence(s._sequenceId);
+      s._contextTokens.length = 0;
+      s._nextTokenIndex = 0;
+      s._checkpoints?.pruneFromEndToIndex(-1);
+      return;
+    }
     if (keep <= Math.max(0, s._context._ctx.getSequenceKvCacheMinPosition(s._sequenceId))) return;
     if (!s._context._ctx.removeTokenCellsFromSequence(s._sequenceId, keep, end)) return;
     s._contextTokens.splice(keep);
@@ -132,6 +140,12 @@ async function trimSlot(context: LlamaContext, seq: LlamaContextSequence, keep: 
     // If the dispatch loop ends before its next step, the lock frees and this runs it.
     void withLock([context, "context"], () => runTruncations(context)).catch(() => resolve());
   });
+}
+
+/** Empties a slot without waiting for a busy context's lock (`clearHistory` takes the lock even when there is nothing to clear). */
+async function clearSlot(context: LlamaContext, seq: LlamaContextSequence): Promise<void> {
+  await trimSlot(context, seq, 0);
+  if (seq.nextTokenIndex > 0) await seq.clearHistory();
 }
 
 /** Most decode steps in a row that may be put off waiting for a generating sequence's token. */
@@ -945,7 +959,7 @@ export class NativeModel {
         pendingLogprobs = [];
       };
       try {
-        await seq.clearHistory();
+        await clearSlot(this.pool.context, seq);
         if (maxTokens <= 0) return clock.result("", "length", undefined, []);
         const it = seq.evaluateWithMetadata(input, { probabilities: true }, {
           temperature: sampling.temperature,
@@ -1087,7 +1101,7 @@ export class NativeModel {
       const chat = new LlamaChat({ contextSequence: seq, chatWrapper: wrapper, autoDisposeSequence: false });
       const run = new Run(opts.signal, opts.stop, onText);
       try {
-        await seq.clearHistory();
+        await clearSlot(this.pool.context, seq);
         const res = await chat.generateResponse(history, {
           ...sampling,
           functions,
