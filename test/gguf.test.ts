@@ -164,6 +164,20 @@ describe("gguf writer", () => {
         expect(tensors.find((t) => t.name === "blk.0.ffn_down.weight")!.dimensions.map(Number)).toEqual([5632, 2048]);
     });
 
+    test("bench --layers: fewer blocks of the same width, its own name; a bad count is refused", () => {
+        const spec = benchModelSpec({ seed: 1, layers: 6 });
+        expect(spec.tensors.length).toBe(3 + 9 * 6);
+        expect(spec.tensors.some((t) => t.name === "blk.5.ffn_down.weight")).toBe(true);
+        expect(spec.tensors.some((t) => t.name === "blk.6.ffn_down.weight")).toBe(false);
+        const kv = new Map(spec.kv as ReadonlyArray<readonly [string, unknown]>);
+        expect(kv.get("llama.block_count")).toMatchObject({ value: 6 });
+        expect(kv.get("general.name")).toMatchObject({ value: "shimmy-bench-6l-q8_0" });
+        const size = layoutGguf(spec).fileSize;
+        expect(size).toBeGreaterThan(380 * 2 ** 20);
+        expect(size).toBeLessThan(420 * 2 ** 20);
+        for (const layers of [0, 1.5, -2]) expect(() => benchModelSpec({ layers })).toThrow(/bad layer count/);
+    });
+
     test("lora: tensor shapes are [in, rank] / [rank, out]", () => {
         const spec = tinyLoraSpec({ rank: 4 });
         const byName = new Map(spec.tensors.map((t) => [t.name, t.dims]));
@@ -181,7 +195,7 @@ describe("gguf writer", () => {
         expect(ok.exitCode).toBe(0);
         expect(ok.stdout.toString()).toContain(out);
         expect(sha256(out)).toBe(sha256(join(dir, "a", "tiny.gguf")));
-        for (const args of [["--preset", "huge"], ["--seed", "x"], ["--nope"], ["positional"]]) {
+        for (const args of [["--preset", "huge"], ["--seed", "x"], ["--nope"], ["positional"], ["--preset", "bench", "--layers", "0"], ["--preset", "bench", "--layers", "x"], ["--preset", "bench", "--layers", "65"], ["--preset", "tiny", "--layers", "6"]]) {
             const bad = Bun.spawnSync([process.execPath, "scripts/gguf/cli.ts", ...args], { cwd: join(import.meta.dir, "..") });
             expect(bad.exitCode).toBe(1);
             expect(bad.stderr.toString()).toContain("error:");

@@ -65,14 +65,13 @@ export interface ModelStatus {
   loadMs?: number;
 }
 
-/** Order of use across models: Date.now() ties within a millisecond, which made LRU eviction pick at random. */
+/** Order of use across models (a counter: Date.now() tied within a millisecond, and LRU eviction then picked at random). */
 let useCounter = 0;
 
 class ModelHandle {
   state: ModelState = "loading";
   loaded: LoadedModel | undefined;
   active = 0;
-  lastUsed = Date.now();
   /** Increases with every use; least recently used = smallest. */
   useOrder = ++useCounter;
   expiresAt: number | null = null;
@@ -350,7 +349,6 @@ export class Engine {
       opts.signal?.removeEventListener("abort", onOuterAbort);
       this.running.delete(controller);
       h.active--;
-      h.lastUsed = Date.now();
       h.useOrder = ++useCounter;
       if (h.active === 0) {
         for (const w of h.idleWaiters.splice(0)) w();

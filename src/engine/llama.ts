@@ -108,7 +108,7 @@ interface SequenceInternals {
  * (checkpointed or SWA caches, token predictions, a failed native removal) to node-llama-cpp's own erase.
  */
 async function trimSlot(context: LlamaContext, seq: LlamaContextSequence, keep: number): Promise<void> {
-  if (seq.nextTokenIndex <= keep || keep < 0 || seq.needsCheckpoints) return;
+  if (seq.nextTokenIndex <= keep || seq.needsCheckpoints) return;
   let done = false;
   const trim = () => {
     if (done) return;
