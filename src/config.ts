@@ -74,6 +74,8 @@ export interface Config {
   threadpool: boolean;
   /** How long the pools' idle workers spin for the next graph, 0..100 (llama.cpp's tools: 50). Default 0 (sleep at once). Env `SHIMMY_THREADPOOL_POLL`. */
   threadpoolPoll: number;
+  /** Plain generations (no grammar, tools or logprobs) run on shimmy's own decode loop over llama.cpp's native context: about 1 ms less JavaScript per token than node-llama-cpp's LlamaCompletion. Default true. Env `SHIMMY_DIRECT_DECODE=0` turns it off (LlamaCompletion), for comparison. */
+  directDecode: boolean;
   /** Serve the browser playground at `/`. Default true. Env `SHIMMY_PLAYGROUND=0`, flag `--no-playground`. */
   playground: boolean;
   /** Log level for stderr: error | warn | info | debug. Default info. Env `SHIMMY_LOG`. */
@@ -259,6 +261,7 @@ export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, 
     fullBatches: !["0", "false", "no", "off"].includes((env.SHIMMY_FULL_BATCHES ?? "").toLowerCase()),
     threadpool: !["0", "false", "no", "off"].includes((env.SHIMMY_THREADPOOL ?? "").toLowerCase()),
     threadpoolPoll: parseIntSetting("SHIMMY_THREADPOOL_POLL", env.SHIMMY_THREADPOOL_POLL, 0, 100) ?? 0,
+    directDecode: !["0", "false", "no", "off"].includes((env.SHIMMY_DIRECT_DECODE ?? "").toLowerCase()),
     playground: overrides.playground ?? !["0", "false", "no", "off"].includes((env.SHIMMY_PLAYGROUND ?? "").toLowerCase()),
     memoryLimit: parseBytes("SHIMMY_MEMORY_LIMIT", env.SHIMMY_MEMORY_LIMIT),
     loras: parseLoras(overrides.loraGguf !== undefined ? "--lora" : "SHIMMY_LORA_GGUF", overrides.loraGguf ?? env.SHIMMY_LORA_GGUF),

@@ -75,7 +75,9 @@ describe("native API over a real socket", () => {
     const done = events.at(-2)!;
     expect(done.event).toBe("done");
     expect(JSON.parse(done.data)).toMatchObject({ finish_reason: "length", timings: { predicted_n: 32 } });
-    expect(chunks).toBeGreaterThan(5);
+    // Streamed, not buffered to the end. The tiny model decodes 32 tokens in a few milliseconds, so the
+    // client's reads may merge several events (fewer reads under load), but never all of them.
+    expect(chunks).toBeGreaterThan(1);
     const json = await (await gen({ ...req, stream: false })).json() as any;
     expect(events.slice(0, -2).map((e) => e.data).join("")).toBe(json.response);
     expect(json.finish_reason).toBe("length");

@@ -132,7 +132,7 @@ export async function engineFrom(config: Config, opts: { loadLine?: boolean } = 
     registry.addFile(await ensureDemoModel(config.cacheDir), "demo");
     log.warn(`no model found: using the built-in demo model '${DEMO_MODEL_NAME}' (RANDOM WEIGHTS: its output is gibberish; it is for trying shimmy). Add models with --model-path, SHIMMY_BASE_GGUF or ./models.`);
   }
-  return new Engine(registry, { gpu: config.gpu, threads: config.threads, threadsExplicit: config.threadsExplicit, ctxSize: config.ctxSize, chatTemplate: config.chatTemplate, chatTemplates: config.chatTemplates, maxQueue: config.maxQueue, parallel: config.parallel, keepAliveMs: config.keepAliveMs, maxLoadedModels: config.maxLoadedModels, memoryLimit: config.memoryLimit, mmap: config.mmap, fullBatches: config.fullBatches, threadpool: config.threadpool, threadpoolPoll: config.threadpoolPoll, cacheDir: config.cacheDir, runtimeDir: config.runtimeDir, onLoadProgress: loadProgress(process.stderr, opts.loadLine ?? true) });
+  return new Engine(registry, { gpu: config.gpu, threads: config.threads, threadsExplicit: config.threadsExplicit, ctxSize: config.ctxSize, chatTemplate: config.chatTemplate, chatTemplates: config.chatTemplates, maxQueue: config.maxQueue, parallel: config.parallel, keepAliveMs: config.keepAliveMs, maxLoadedModels: config.maxLoadedModels, memoryLimit: config.memoryLimit, mmap: config.mmap, fullBatches: config.fullBatches, threadpool: config.threadpool, threadpoolPoll: config.threadpoolPoll, directDecode: config.directDecode, cacheDir: config.cacheDir, runtimeDir: config.runtimeDir, onLoadProgress: loadProgress(process.stderr, opts.loadLine ?? true) });
 }
 
 /** Parses an optional integer flag with a range; throws UsageError naming the flag. */

@@ -46,6 +46,7 @@ import { maximumParallelismStrategy } from "../../node_modules/node-llama-cpp/di
 import { nativeBuildInfo } from "./runtime.ts";
 import { StopMatcher } from "./stop.ts";
 import { installThreadpools, threadpoolStats } from "./threadpool.ts";
+import { existingStepper, type NativeContext as NativeContextLike, stepperFor } from "./stepper.ts";
 import type { BackendInfo, BackendOptions, ChatMessage, FinishReason, GenerateOptions, GenerateResult, LoraAdapter, ModelEntry, ModelMeta, TokenLogprob, ToolCall, ToolDefinition } from "./types.ts";
 
 GbnfNumber.prototype.getGrammar = function (this: { allowFractional: boolean }) {
@@ -163,7 +164,8 @@ function fullBatchStrategy(holder: { context?: LlamaContext }) {
   let deferred = 0;
   return ({ items, size }: { items: readonly BatchItem[]; size: number }) => {
     if (holder.context) runTruncations(holder.context);
-    const generating = holder.context ? (POOLS.get(holder.context)?.busy ?? 0) : 0;
+    // Sequences on shimmy's own decode loop (stepper.ts) never queue here.
+    const generating = holder.context ? (POOLS.get(holder.context)?.busy ?? 0) - (existingStepper(holder.context)?.active ?? 0) : 0;
     if (items.length < generating && deferred < MAX_DEFERRALS) {
       deferred++;
       return [];
@@ -344,7 +346,9 @@ export class NativeBackend {
         return holder.context;
       };
       const context = await makeContext(entry.loras ?? []);
-      return new NativeModel(model, context, entry.loras ?? [], makeContext, this.opts.chatTemplates?.[entry.name] ?? this.opts.chatTemplate, threads, this.opts.maxQueue);
+      // Vulkan decodes through node-llama-cpp's dispatcher, which serialises decodes across contexts (a Vulkan crash workaround).
+      const direct = this.opts.directDecode !== false && this.llama.gpu !== "vulkan";
+      return new NativeModel(model, context, entry.loras ?? [], makeContext, this.opts.chatTemplates?.[entry.name] ?? this.opts.chatTemplate, threads, this.opts.maxQueue, direct);
     } catch (err) {
       await model?.dispose().catch(() => {});
       if (err instanceof InsufficientMemoryError) throw new OverloadedError(`not enough memory to load ${entry.name}: ${err.message}; unload a model, lower --parallel or --ctx-size`, { cause: err });
@@ -689,6 +693,8 @@ export class NativeModel {
     /** llama.cpp threads this model's context uses. */
     readonly threads: number,
     private readonly maxQueue = 64,
+    /** Plain generations run on shimmy's decode loop (src/engine/stepper.ts) instead of LlamaCompletion. */
+    private readonly directDecode = true,
   ) {
     this.pool = new SlotPool(context, loras, maxQueue);
   }
@@ -1027,6 +1033,7 @@ export class NativeModel {
       // prompt token is always evaluated).
       clock.cached = Math.min(commonPrefix(seq.contextTokens, input), input.length - 1);
       await trimSlot(this.pool.context, seq, clock.cached);
+      if (this.directDecode && !grammar && !seq.needsCheckpoints) return this.decodeDirect(seq, input, triggers, sampling, maxTokens, clock, opts, onText);
       const completion = new LlamaCompletion({ contextSequence: seq, autoDisposeSequence: false });
       const run = new Run(opts.signal, opts.stop, onText);
       try {
@@ -1055,6 +1062,109 @@ export class NativeModel {
         completion.dispose({ disposeSequence: false });
       }
     }, input);
+  }
+
+  /**
+   * Plain generation on shimmy's decode loop (stepper.ts): the prompt's uncached tokens, then one
+   * token per step, sampled by llama.cpp's sampler chain (node-llama-cpp's native sampler, configured
+   * as LlamaCompletion would: same options, same repeat-penalty window). Stops at an end-of-generation
+   * token, a template end marker, a stop sequence, `maxTokens` or the caller's abort. Text is decoded
+   * per token with the preceding tokens as context; a token ending in an incomplete UTF-8 character
+   * waits for the next one.
+   */
+  private async decodeDirect(
+    seq: LlamaContextSequence,
+    input: Token[],
+    triggers: LlamaText[],
+    sampling: ReturnType<NativeModel["samplingOptions"]>,
+    maxTokens: number,
+    clock: Clock,
+    opts: GenerateOptions,
+    onText: Emit,
+  ): Promise<GenerateResult> {
+    const context = this.pool.context;
+    // A trim that could not run (see trimSlot) is done the locked way.
+    if (seq.nextTokenIndex > clock.cached) await seq.eraseContextTokenRanges([{ start: clock.cached, end: seq.nextTokenIndex }]);
+    clock.cached = Math.min(clock.cached, seq.nextTokenIndex);
+    const stopTokens = new Set<number>();
+    const markers: string[] = [];
+    for (const trigger of triggers) {
+      const ids = trigger.tokenize(this.model.tokenizer);
+      if (ids.length === 1 && this.model.detokenize(ids, false) === "") stopTokens.add(ids[0]!);
+      else markers.push(trigger.toString());
+    }
+    const userStops = opts.stop ?? [];
+    const run = new Run(opts.signal, [...userStops, ...markers], onText);
+    const generated: Token[] = [];
+    const nl = this.model.tokens.nl;
+    const penalty = sampling.repeatPenalty;
+    const s = seq as unknown as { _resolveSamplerConfig(o: object): object };
+    const config = () =>
+      s._resolveSamplerConfig({
+        temperature: sampling.temperature,
+        minP: sampling.minP,
+        topK: sampling.topK,
+        topP: sampling.topP,
+        seed: sampling.seed,
+        tokenBias: sampling.tokenBias,
+        // LlamaCompletion's window: the last 64 generated tokens, new lines not punished.
+        repeatPenalty: penalty ? { penalty: penalty.penalty, frequencyPenalty: penalty.frequencyPenalty, presencePenalty: penalty.presencePenalty, maxPunishTokens: 64, punishTokens: () => generated.slice(-64).filter((t) => t !== nl) } : undefined,
+      });
+    const bindings = (this.model as unknown as { _llama: { _bindings: { AddonSampler: new (m: unknown) => { applyConfig(c: object): void; dispose(): void } } }; _model: unknown });
+    const sampler = new bindings._llama._bindings.AddonSampler(bindings._model);
+    const sample = (native: NativeContextLike, idx: number) => native.sampleToken(idx, sampler) as Promise<number>;
+    const stepper = stepperFor(context, () => runTruncations(context));
+    const finishStop = (): GenerateResult => {
+      const matched = run.matcher.matched;
+      return matched !== undefined && userStops.includes(matched) ? { ...clock.result(run.text, "stop"), stopSequence: matched } : clock.result(run.text, "stop");
+    };
+    stepper.begin();
+    try {
+      if (run.aborted) return clock.result("", "abort");
+      if (maxTokens <= 0) return clock.result("", "length");
+      sampler.applyConfig(config());
+      let next: Token[] = input.slice(seq.nextTokenIndex);
+      let partial: Token[] = [];
+      for (;;) {
+        const token = (await stepper.decode(seq, next, sample)) as Token;
+        if (token === -1) throw new Error("failed to sample the next token");
+        if (run.aborted) return clock.result(run.text, "abort");
+        if (this.model.isEogToken(token) || stopTokens.has(token)) {
+          if (partial.length) run.chunk(this.model.detokenize(partial, false, generated));
+          if (run.stopHit) return finishStop();
+          run.flush();
+          return clock.result(run.text, "stop");
+        }
+        clock.onTokens(1);
+        partial.push(token);
+        const text = this.model.detokenize(partial, false, generated);
+        // An unfinished UTF-8 character waits for its next token (at most 4 bytes).
+        if (!(text.endsWith("\uFFFD") && partial.length < 4 && !this.model.isSpecialToken(token))) {
+          for (const t of partial) generated.push(t);
+          partial = [];
+          run.chunk(text);
+          if (run.stopHit) return finishStop();
+        }
+        if (generated.length + partial.length >= maxTokens) {
+          if (partial.length) {
+            run.chunk(this.model.detokenize(partial, false, generated));
+            if (run.stopHit) return finishStop();
+          }
+          run.flush();
+          return clock.result(run.text, "length");
+        }
+        next = [token];
+        if (penalty) sampler.applyConfig(config());
+      }
+    } catch (err) {
+      if (run.stopHit) return finishStop();
+      if (run.aborted) return clock.result(run.text, "abort");
+      throw new GenerationError(`generation failed: ${(err as Error).message}`, { cause: err });
+    } finally {
+      stepper.end();
+      run.dispose();
+      sampler.dispose();
+    }
   }
 
   /**

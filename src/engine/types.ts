@@ -200,6 +200,8 @@ export interface BackendOptions {
   threadpool?: boolean;
   /** The pools' polling level, 0..100 (default 0). */
   threadpoolPoll?: number;
+  /** Plain generations run on shimmy's own decode loop over node-llama-cpp's native context (default true); false uses node-llama-cpp's LlamaCompletion. */
+  directDecode?: boolean;
   /** Bytes a model load may need at most (weights + context estimate); default: the memory available now. */
   memoryLimit?: number;
   /** Cache dir and runtime dir override, for a single-file executable's native files (see runtime.ts). */

@@ -1,0 +1,232 @@
+/**
+ * shimmy's own decode loop over node-llama-cpp's native context (the "direct decode" path).
+ *
+ * node-llama-cpp generates through LlamaCompletion -> LlamaContextSequence.evaluate -> the context's
+ * batch dispatcher. Measured on 2 cores (6-layer bench-shape model, 64 tokens, greedy), that stack
+ * runs 0.8-1.6 ms of JavaScript per token; at 13-15 ms per decode step that alone made shimmy about 8%
+ * slower than llama-server, and because the next decode often starts while that JavaScript still runs,
+ * it also slowed the decode itself (the JS thread competes with llama.cpp's 2 threads). Driving the
+ * same native calls directly (initBatch / addToBatch / decodeBatch / sampleToken, the calls the
+ * dispatcher makes) costs about 0.2-0.3 ms per token.
+ *
+ * A Stepper serves one context: sequences submit the tokens they want decoded (a prompt, or the
+ * token they just sampled) with a sampling function; each step puts every queued sequence into one
+ * batch (ascending sequence ids, so llama.cpp decodes them in one ubatch), decodes it, and samples
+ * each sequence's next token, all under the context's lock, the same lock node-llama-cpp's dispatcher
+ * holds. While node-llama-cpp's dispatcher holds it (a tool-calling or logprobs request on the same
+ * model), steps are handed to that dispatcher instead, so the two never wait on each other.
+ *
+ * It relies on node-llama-cpp 3.21.1 internals (pinned): the context's `_ctx` binding, the sequence's
+ * `_nextTokenIndex` / `_contextTokens` bookkeeping, and the context's `_decodeTokens` queue.
+ */
+import type { LlamaContext, LlamaContextSequence, Token } from "node-llama-cpp";
+import { isLockActive, withLock } from "lifecycle-utils";
+
+/** The native context calls the loop uses (node-llama-cpp 3.21.1's AddonContext). */
+export interface NativeContext {
+  initBatch(size: number): void;
+  addToBatch(sequenceId: number, firstTokenSequenceIndex: number, tokens: Uint32Array, logitIndexes: Uint32Array): Uint32Array;
+  decodeBatch(): Promise<void>;
+  sampleToken(batchLogitIndex: number, sampler: unknown, probabilities?: boolean, confidence?: boolean): Promise<unknown>;
+}
+
+interface ContextInternals {
+  _ctx: NativeContext;
+  _batchSize: number;
+  _backendContextDisposeGuard: { createPreventDisposalHandle(): { dispose(): void } };
+  _decodeTokens(
+    item: { sequenceId: number; firstTokenSequenceIndex: number; tokens: Token[]; logits: boolean[]; evaluationPriority: number; tokenMeter: unknown },
+    logitDataMapper: (batchLogitIndex: number, tokenIndex: number) => unknown,
+  ): Promise<Array<[number, unknown]>>;
+}
+
+interface SequenceInternals {
+  _sequenceId: number;
+  _nextTokenIndex: number;
+  _contextTokens: Token[];
+  _tokenMeter: unknown;
+}
+
+/** Samples the next token from the batch's logits at `batchLogitIndex`. */
+export type SampleFn<T> = (native: NativeContext, batchLogitIndex: number) => Promise<T>;
+
+interface Entry {
+  seq: SequenceInternals;
+  tokens: Token[];
+  sample: SampleFn<unknown>;
+  resolve: (v: unknown) => void;
+  reject: (e: unknown) => void;
+}
+
+/** Sequences submitting after a step get until the next event-loop turn to join the next batch. */
+const DEFER = () => new Promise<void>((r) => setImmediate(r));
+
+export class Stepper {
+  private readonly queue: Entry[] = [];
+  private running = false;
+  /** Sequences generating through this stepper (a step waits a turn for all of them to queue). */
+  private generating = 0;
+  private wake: (() => void) | undefined;
+  /** Decode steps run, and steps handed to node-llama-cpp's dispatcher (for tests and diagnostics). */
+  readonly stats = { steps: 0, handedOver: 0 };
+
+  constructor(
+    private readonly context: LlamaContext,
+    /** Runs where no decode is in flight, under the lock, before each step (slot truncations). */
+    private readonly beforeStep: () => void = () => {},
+  ) {}
+
+  /** Sequences currently generating through this stepper. */
+  get active(): number {
+    return this.generating;
+  }
+
+  /** A sequence starts (or stops) generating here: steps wait a turn for every generating sequence. */
+  begin(): void {
+    this.generating++;
+  }
+  end(): void {
+    this.generating--;
+    if (this.queue.length >= this.generating) this.wake?.();
+  }
+
+  /**
+   * Decodes `tokens` at the end of `seq` (the last one with logits) and resolves with `sample`'s
+   * result. The sequence's bookkeeping (next index, cached tokens) advances as node-llama-cpp's would.
+   */
+  decode<T>(seq: LlamaContextSequence, tokens: Token[], sample: SampleFn<T>): Promise<T> {
+    if (!tokens.length) return Promise.reject(new Error("nothing to decode"));
+    const s = seq as unknown as SequenceInternals;
+    const ctxSize = this.context.contextSize;
+    if (s._nextTokenIndex + tokens.length > ctxSize - 1) return Promise.reject(new Error(`context full: ${s._nextTokenIndex + tokens.length} tokens do not fit in ${ctxSize}`));
+    return new Promise<T>((resolve, reject) => {
+      this.queue.push({ seq: s, tokens, sample, resolve: resolve as (v: unknown) => void, reject });
+      if (this.queue.length >= this.generating) this.wake?.();
+      if (!this.running) void this.loop();
+    });
+  }
+
+  private async loop(): Promise<void> {
+    this.running = true;
+    try {
+      while (this.queue.length) {
+        if (this.queue.length < this.generating) {
+          // Some generating sequence has not queued its next token yet (its text is being sent):
+          // wait for it, at most one event-loop turn, so all of them share one decode.
+          await Promise.race([DEFER(), new Promise<void>((r) => (this.wake = r))]);
+          this.wake = undefined;
+        }
+        if (isLockActive([this.context, "context"])) await this.handOver();
+        else await withLock([this.context, "context"], () => this.step());
+      }
+    } finally {
+      this.running = false;
+    }
+  }
+
+  /** One batch: every queued sequence's tokens (up to the batch size), decoded, then sampled. */
+  private async step(): Promise<void> {
+    this.beforeStep();
+    const ctx = this.context as unknown as ContextInternals;
+    const native = ctx._ctx;
+    const entries = this.queue.splice(0).sort((a, b) => a.seq._sequenceId - b.seq._sequenceId);
+    // Each sequence gets at least one token of the batch (generation never waits behind a long
+    // prompt); prompts fill the rest in sequence order; what does not fit waits for the next step.
+    let budget = Math.max(1, ctx._batchSize);
+    const take = entries.map(() => 0);
+    for (let i = 0; i < entries.length && budget > 0; i++, budget--) take[i] = 1;
+    for (let i = 0; i < entries.length && budget > 0; i++) {
+      const more = Math.min(entries[i]!.tokens.length - take[i]!, budget);
+      take[i]! += more;
+      budget -= more;
+    }
+    const batch: Array<{ e: Entry; n: number; logits: boolean; idx?: number }> = [];
+    entries.forEach((e, i) => {
+      if (take[i]! > 0) batch.push({ e, n: take[i]!, logits: take[i] === e.tokens.length });
+      else this.queue.push(e);
+    });
+    const guard = ctx._backendContextDisposeGuard.createPreventDisposalHandle();
+    try {
+      let total = 0;
+      for (const b of batch) total += b.n;
+      native.initBatch(total);
+      for (const b of batch) {
+        const chunk = b.n === b.e.tokens.length ? b.e.tokens : b.e.tokens.slice(0, b.n);
+        b.idx = native.addToBatch(b.e.seq._sequenceId, b.e.seq._nextTokenIndex, Uint32Array.from(chunk), b.logits ? Uint32Array.of(b.n - 1) : new Uint32Array(0))[0];
+      }
+      await native.decodeBatch();
+    } catch (err) {
+      guard.dispose();
+      for (const b of batch) b.e.reject(err);
+      return;
+    }
+    this.stats.steps++;
+    for (const b of batch) {
+      const s = b.e.seq;
+      const chunk = b.e.tokens.splice(0, b.n);
+      s._nextTokenIndex += chunk.length;
+      for (const t of chunk) s._contextTokens.push(t);
+      // A prompt longer than the batch continues in the next step (this one produced no logits for it).
+      if (!b.logits) this.queue.push(b.e);
+    }
+    try {
+      // The next decode overwrites the logits: every sequence samples before the step ends.
+      await Promise.all(
+        batch.map(async (b) => {
+          if (!b.logits) return;
+          try {
+            b.e.resolve(await b.e.sample(native, b.idx!));
+          } catch (err) {
+            b.e.reject(err);
+          }
+        }),
+      );
+    } finally {
+      guard.dispose();
+    }
+  }
+
+  /**
+   * node-llama-cpp's dispatcher holds the context (it loops while its own sequences keep queuing):
+   * these tokens go through its queue, which batches them with its sequences.
+   */
+  private async handOver(): Promise<void> {
+    const ctx = this.context as unknown as ContextInternals;
+    const entries = this.queue.splice(0);
+    this.stats.handedOver++;
+    await Promise.all(
+      entries.map(async (e) => {
+        const s = e.seq;
+        const tokens = e.tokens.splice(0);
+        const logits: boolean[] = [];
+        logits[tokens.length - 1] = true;
+        try {
+          const res = await ctx._decodeTokens(
+            { sequenceId: s._sequenceId, firstTokenSequenceIndex: s._nextTokenIndex, tokens, logits, evaluationPriority: 5, tokenMeter: s._tokenMeter },
+            (batchLogitIndex) => e.sample(ctx._ctx, batchLogitIndex),
+          );
+          s._nextTokenIndex += tokens.length;
+          for (const t of tokens) s._contextTokens.push(t);
+          const last = res.find(([i]) => i === s._nextTokenIndex - 1) ?? res.at(-1);
+          e.resolve(last?.[1]);
+        } catch (err) {
+          e.reject(err);
+        }
+      }),
+    );
+  }
+}
+
+const STEPPERS = new WeakMap<LlamaContext, Stepper>();
+
+/** The context's stepper (created on first use). */
+export function stepperFor(context: LlamaContext, beforeStep?: () => void): Stepper {
+  let s = STEPPERS.get(context);
+  if (!s) STEPPERS.set(context, (s = new Stepper(context, beforeStep)));
+  return s;
+}
+
+/** The stepper of a context, if it has one (for the batch strategy's count of its sequences). */
+export function existingStepper(context: LlamaContext): Stepper | undefined {
+  return STEPPERS.get(context);
+}
