@@ -116,8 +116,13 @@ export class Stepper {
           await Promise.race([DEFER(), new Promise<void>((r) => (this.wake = r))]);
           this.wake = undefined;
         }
-        if (isLockActive([this.context, "context"])) await this.handOver();
-        else await withLock([this.context, "context"], () => this.step());
+        try {
+          if (isLockActive([this.context, "context"])) await this.handOver();
+          else await withLock([this.context, "context"], () => this.step());
+        } catch (err) {
+          // Never leave a sequence waiting: whatever failed (a disposed context) fails what is queued.
+          for (const e of this.queue.splice(0)) e.reject(err);
+        }
       }
     } finally {
       this.running = false;
@@ -129,6 +134,8 @@ export class Stepper {
     this.beforeStep();
     const ctx = this.context as unknown as ContextInternals;
     const native = ctx._ctx;
+    // Throws on a disposed context, before anything leaves the queue (the loop then fails the queue).
+    const guard = ctx._backendContextDisposeGuard.createPreventDisposalHandle();
     const entries = this.queue.splice(0).sort((a, b) => a.seq._sequenceId - b.seq._sequenceId);
     // Each sequence gets at least one token of the batch (generation never waits behind a long
     // prompt); prompts fill the rest in sequence order; what does not fit waits for the next step.
@@ -145,7 +152,6 @@ export class Stepper {
       if (take[i]! > 0) batch.push({ e, n: take[i]!, logits: take[i] === e.tokens.length });
       else this.queue.push(e);
     });
-    const guard = ctx._backendContextDisposeGuard.createPreventDisposalHandle();
     try {
       let total = 0;
       for (const b of batch) total += b.n;
