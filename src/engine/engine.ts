@@ -139,6 +139,10 @@ export class Engine {
 
   private async handle(name: string): Promise<ModelHandle> {
     if (this.draining) throw new OverloadedError("shimmy is shutting down");
+    // A loaded model keeps serving under its name even when its file has left the listing (deleted
+    // or moved while loaded: the weights are in memory or the mapping keeps the file alive).
+    const loaded = this.models.get(name);
+    if (loaded && loaded.state === "loaded") return loaded;
     const entry = await this.resolve(name);
     // After the await: another caller may have started this load meanwhile (shared below).
     if (this.draining) throw new OverloadedError("shimmy is shutting down");

@@ -58,6 +58,9 @@ interface Entry {
   reject: (e: unknown) => void;
 }
 
+/** How long a step waits for the context's lock before handing its tokens to node-llama-cpp's dispatcher. */
+const LOCK_WAIT_MS = 5;
+
 /** Sequences submitting after a step get until the next event-loop turn to join the next batch. */
 const DEFER = () => new Promise<void>((r) => setImmediate(r));
 
@@ -117,8 +120,19 @@ export class Stepper {
           this.wake = undefined;
         }
         try {
-          if (isLockActive([this.context, "context"])) await this.handOver();
-          else await withLock([this.context, "context"], () => this.step());
+          if (this.dispatcherBusy()) await this.handOver();
+          else if (!isLockActive([this.context, "context"])) await withLock([this.context, "context"], () => this.step());
+          else {
+            // A short holder (a slot trim, node-llama-cpp erasing a range) is waited for; one that
+            // keeps the lock (node-llama-cpp's dispatcher, looping while its own sequences queue
+            // tokens) gets these tokens handed over.
+            try {
+              await withLock([this.context, "context"], AbortSignal.timeout(LOCK_WAIT_MS), () => this.step());
+            } catch (err) {
+              if ((err as Error)?.name !== "TimeoutError") throw err;
+              await this.handOver();
+            }
+          }
         } catch (err) {
           // Never leave a sequence waiting: whatever failed (a disposed context) fails what is queued.
           for (const e of this.queue.splice(0)) e.reject(err);
@@ -127,6 +141,12 @@ export class Stepper {
     } finally {
       this.running = false;
     }
+  }
+
+  /** node-llama-cpp's own dispatcher has tokens queued or is about to run (a LlamaChat or logprobs generation). */
+  private dispatcherBusy(): boolean {
+    const ctx = this.context as unknown as { _queuedDecodes?: unknown[]; _batchDispatchPending?: boolean };
+    return (ctx._queuedDecodes?.length ?? 0) > 0 || ctx._batchDispatchPending === true;
   }
 
   /** One batch: every queued sequence's tokens (up to the batch size), decoded, then sampled. */
