@@ -340,6 +340,10 @@ export class NativeBackend {
           contextSize,
           sequences,
           threads,
+          // llama.cpp's own default (llama-server, llama-cli): flash attention wherever the backend
+          // supports it. node-llama-cpp defaults to off; on 2 CPU cores, on the 6-layer bench model,
+          // llama-batched-bench measured it 7% faster on prompts and 1-4% on 4-stream decoding.
+          flashAttention: "auto",
           batching: { itemPrioritizationStrategy: this.opts.fullBatches === false ? "maximumParallelism" : fullBatchStrategy(holder) },
           ...(loras.length ? { lora: { adapters: loras.map((l) => ({ filePath: l.path, scale: l.scale })) } } : {}),
         });
@@ -1113,7 +1117,7 @@ export class NativeModel {
     const bindings = (this.model as unknown as { _llama: { _bindings: { AddonSampler: new (m: unknown) => { applyConfig(c: object): void; dispose(): void } } }; _model: unknown });
     const sampler = new bindings._llama._bindings.AddonSampler(bindings._model);
     const sample = (native: NativeContextLike, idx: number) => native.sampleToken(idx, sampler) as Promise<number>;
-    const stepper = stepperFor(context, () => runTruncations(context));
+    const stepper = stepperFor(context, () => runTruncations(context), () => POOLS.get(context)?.busy ?? 0);
     const finishStop = (): GenerateResult => {
       const matched = run.matcher.matched;
       return matched !== undefined && userStops.includes(matched) ? { ...clock.result(run.text, "stop"), stopSequence: matched } : clock.result(run.text, "stop");
@@ -1131,7 +1135,7 @@ export class NativeModel {
       let next: Token[] = input.slice(seq.nextTokenIndex);
       let partial: Token[] = [];
       for (;;) {
-        const token = (await stepper.decode(seq, next, sample)) as Token;
+        const token = (await stepper.decode(seq, next, sample, all.length === 0)) as Token;
         if (token === -1) throw new Error("failed to sample the next token");
         if (run.aborted) return clock.result(run.text, "abort");
         if (this.model.isEogToken(token) || stopTokens.has(token)) {

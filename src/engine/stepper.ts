@@ -52,6 +52,8 @@ export type SampleFn<T> = (native: NativeContext, batchLogitIndex: number) => Pr
 
 interface Entry {
   seq: SequenceInternals;
+  /** A request's first decode (its prompt). */
+  prompt: boolean;
   tokens: Token[];
   sample: SampleFn<unknown>;
   resolve: (v: unknown) => void;
@@ -63,6 +65,8 @@ const LOCK_WAIT_MS = 5;
 
 /** Sequences submitting after a step get until the next event-loop turn to join the next batch. */
 const DEFER = () => new Promise<void>((r) => setImmediate(r));
+/** Longest a prompt waits for other requests that hold a slot to queue theirs. */
+const PROMPT_WAIT_MS = 3;
 
 export class Stepper {
   private readonly queue: Entry[] = [];
@@ -77,7 +81,14 @@ export class Stepper {
     private readonly context: LlamaContext,
     /** Runs where no decode is in flight, under the lock, before each step (slot truncations). */
     private readonly beforeStep: () => void = () => {},
+    /** Sequences holding a slot of this context (some may be about to queue their prompt). */
+    private readonly busySlots: () => number = () => 0,
   ) {}
+
+  /** How many queued sequences a step waits for: every generating one, and (for a prompt step) every busy slot. */
+  private wanted(prompt: boolean): number {
+    return prompt ? Math.max(this.generating, this.busySlots()) : this.generating;
+  }
 
   /** Sequences currently generating through this stepper. */
   get active(): number {
@@ -90,21 +101,21 @@ export class Stepper {
   }
   end(): void {
     this.generating--;
-    if (this.queue.length >= this.generating) this.wake?.();
+    this.poke();
   }
 
   /**
    * Decodes `tokens` at the end of `seq` (the last one with logits) and resolves with `sample`'s
    * result. The sequence's bookkeeping (next index, cached tokens) advances as node-llama-cpp's would.
    */
-  decode<T>(seq: LlamaContextSequence, tokens: Token[], sample: SampleFn<T>): Promise<T> {
+  decode<T>(seq: LlamaContextSequence, tokens: Token[], sample: SampleFn<T>, first = false): Promise<T> {
     if (!tokens.length) return Promise.reject(new Error("nothing to decode"));
     const s = seq as unknown as SequenceInternals;
     const ctxSize = this.context.contextSize;
     if (s._nextTokenIndex + tokens.length > ctxSize - 1) return Promise.reject(new Error(`context full: ${s._nextTokenIndex + tokens.length} tokens do not fit in ${ctxSize}`));
     return new Promise<T>((resolve, reject) => {
-      this.queue.push({ seq: s, tokens, sample, resolve: resolve as (v: unknown) => void, reject });
-      if (this.queue.length >= this.generating) this.wake?.();
+      this.queue.push({ seq: s, tokens, sample, prompt: first, resolve: resolve as (v: unknown) => void, reject });
+      this.poke();
       if (!this.running) void this.loop();
     });
   }
@@ -112,11 +123,18 @@ export class Stepper {
   private async loop(): Promise<void> {
     this.running = true;
     try {
+      // From idle, one event-loop turn first: requests sent together (their sockets already
+      // readable) reach the queue in it and share the prompt step.
+      if (this.hasPrompt()) await DEFER();
       while (this.queue.length) {
-        if (this.queue.length < this.generating) {
+        const prompt = this.hasPrompt();
+        if (this.queue.length < this.wanted(prompt)) {
           // Some generating sequence has not queued its next token yet (its text is being sent):
-          // wait for it, at most one event-loop turn, so all of them share one decode.
-          await Promise.race([DEFER(), new Promise<void>((r) => (this.wake = r))]);
+          // wait for it, at most one event-loop turn, so all of them share one decode. Prompts wait
+          // up to PROMPT_WAIT_MS for requests that hold a slot but have not queued yet (requests
+          // sent together): one batch of 4 prompts evaluates 1.5x faster than 1 then 3 (measured
+          // with llama-batched-bench on 2 cores, 70-token prompts: 344 against 228 tok/s).
+          await Promise.race([prompt ? Bun.sleep(PROMPT_WAIT_MS) : DEFER(), new Promise<void>((r) => (this.wake = r))]);
           this.wake = undefined;
         }
         try {
@@ -141,6 +159,15 @@ export class Stepper {
     } finally {
       this.running = false;
     }
+  }
+
+  private hasPrompt(): boolean {
+    return this.queue.some((e) => e.prompt);
+  }
+
+  /** Wakes a waiting loop once every sequence it waits for has queued. */
+  private poke(): void {
+    if (this.wake && this.queue.length >= this.wanted(this.hasPrompt())) this.wake();
   }
 
   /** node-llama-cpp's own dispatcher has tokens queued or is about to run (a LlamaChat or logprobs generation). */
@@ -190,6 +217,7 @@ export class Stepper {
     for (const b of batch) {
       const s = b.e.seq;
       const chunk = b.e.tokens.splice(0, b.n);
+      b.e.prompt = false;
       s._nextTokenIndex += chunk.length;
       for (const t of chunk) s._contextTokens.push(t);
       // A prompt longer than the batch continues in the next step (this one produced no logits for it).
@@ -246,9 +274,9 @@ export class Stepper {
 const STEPPERS = new WeakMap<LlamaContext, Stepper>();
 
 /** The context's stepper (created on first use). */
-export function stepperFor(context: LlamaContext, beforeStep?: () => void): Stepper {
+export function stepperFor(context: LlamaContext, beforeStep?: () => void, busySlots?: () => number): Stepper {
   let s = STEPPERS.get(context);
-  if (!s) STEPPERS.set(context, (s = new Stepper(context, beforeStep)));
+  if (!s) STEPPERS.set(context, (s = new Stepper(context, beforeStep, busySlots)));
   return s;
 }
 
