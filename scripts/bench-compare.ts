@@ -195,7 +195,7 @@ async function shimmySse(url: string, name: string, i: number): Promise<Sample> 
   const t0 = performance.now();
   const stamps: number[] = [];
   let promptTokens = 0;
-  const res = await fetch(`${url}/api/generate`, { method: "POST", headers: { accept: "text/event-stream" }, body: JSON.stringify({ model: name, prompt: prompt(i), max_tokens: tokens, temperature: 0 }) });
+  const res = await fetch(`${url}/api/generate`, { method: "POST", keepalive: false, headers: { accept: "text/event-stream" }, body: JSON.stringify({ model: name, prompt: prompt(i), max_tokens: tokens, temperature: 0 }) });
   await readSse(res, (data, event) => {
     if (event === "done") promptTokens = JSON.parse(data).timings.prompt_n;
     else if (data !== "[DONE]") stamps.push(performance.now());
@@ -205,7 +205,7 @@ async function shimmySse(url: string, name: string, i: number): Promise<Sample> 
 
 async function shimmyJson(url: string, name: string, i: number): Promise<Sample> {
   const t0 = performance.now();
-  const r = (await (await fetch(`${url}/api/generate`, { method: "POST", body: JSON.stringify({ model: name, prompt: prompt(i), max_tokens: tokens, temperature: 0, stream: false }) })).json()) as any;
+  const r = (await (await fetch(`${url}/api/generate`, { method: "POST", keepalive: false, body: JSON.stringify({ model: name, prompt: prompt(i), max_tokens: tokens, temperature: 0, stream: false }) })).json()) as any;
   const total = performance.now() - t0;
   const t = r.timings;
   return { ttftMs: t.ttft_ms, decodeTps: t.predicted_per_second, promptTps: t.prompt_per_second, totalMs: total, tokens: t.predicted_n };
@@ -236,7 +236,7 @@ async function openaiStream(url: string, name: string, i: number): Promise<Sampl
   const t0 = performance.now();
   const stamps: number[] = [];
   let promptTokens = 0;
-  const res = await fetch(`${url}/v1/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ model: name, prompt: prompt(i), max_tokens: tokens, temperature: 0, stream: true, stream_options: { include_usage: true } }) });
+  const res = await fetch(`${url}/v1/completions`, { method: "POST", keepalive: false, headers: { "content-type": "application/json" }, body: JSON.stringify({ model: name, prompt: prompt(i), max_tokens: tokens, temperature: 0, stream: true, stream_options: { include_usage: true } }) });
   await readSse(res, (data) => {
     if (data === "[DONE]") return;
     const j = JSON.parse(data);
@@ -251,7 +251,7 @@ async function llamaCompletion(url: string, i: number): Promise<Sample> {
   const t0 = performance.now();
   const stamps: number[] = [];
   let promptTokens = 0;
-  const res = await fetch(`${url}/completion`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: prompt(i), n_predict: tokens, temperature: 0, stream: true, cache_prompt: false }) });
+  const res = await fetch(`${url}/completion`, { method: "POST", keepalive: false, headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: prompt(i), n_predict: tokens, temperature: 0, stream: true, cache_prompt: false }) });
   await readSse(res, (data) => {
     const j = JSON.parse(data);
     if (j.content) stamps.push(performance.now());

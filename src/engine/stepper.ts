@@ -13,8 +13,8 @@
  * token they just sampled) with a sampling function; each step puts every queued sequence into one
  * batch (ascending sequence ids, so llama.cpp decodes them in one ubatch), decodes it, and samples
  * each sequence's next token, all under the context's lock, the same lock node-llama-cpp's dispatcher
- * holds. While node-llama-cpp's dispatcher holds it (a tool-calling or logprobs request on the same
- * model), steps are handed to that dispatcher instead, so the two never wait on each other.
+ * holds. While node-llama-cpp's dispatcher has work (a tool-calling, logprobs or JSON-format request
+ * on the same model), steps are handed to that dispatcher instead, so the two never wait on each other.
  *
  * It relies on node-llama-cpp 3.21.1 internals (pinned): the context's `_ctx` binding, the sequence's
  * `_nextTokenIndex` / `_contextTokens` bookkeeping, and the context's `_decodeTokens` queue.
