@@ -1,7 +1,8 @@
 /**
- * Comparison harness (`bun run bench:compare`): shimmy against its floor (node-llama-cpp generating
- * in-process) and against llama.cpp's own llama-server, on the same model, threads, prompt and greedy
- * sampling. The in-process floors run in processes of their own (scripts/bench-inprocess.ts). Runs are
+ * Comparison harness (`bun run bench:compare`): shimmy against its floors (node-llama-cpp generating
+ * in-process as it ships and with shimmy's threadpools, and shimmy's engine without HTTP) and against
+ * llama.cpp's own llama-server, on the same model, threads, prompt and greedy sampling. The
+ * in-process floors run in processes of their own (scripts/bench-inprocess.ts). Runs are
  * interleaved (every round visits every mode, in rotating order) so machine drift hits all modes alike,
  * with a short untimed request whenever the process changes; figures are medians, targets paired ratios. Writes docs/BENCHMARKS.md and docs/benchmarks.json.
  *
