@@ -1124,7 +1124,13 @@ export class NativeModel {
     };
     // Every sampled token (the repeat-penalty window counts tokens whose text is still held back).
     const all: Token[] = [];
-    stepper.begin();
+    try {
+      stepper.begin();
+    } catch (err) {
+      run.dispose();
+      sampler.dispose();
+      throw new GenerationError(`generation failed: ${(err as Error).message}`, { cause: err });
+    }
     try {
       if (run.aborted) return clock.result("", "abort");
       if (maxTokens <= 0) return clock.result("", "length");

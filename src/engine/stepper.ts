@@ -74,6 +74,7 @@ export class Stepper {
   /** Sequences generating through this stepper (a step waits a turn for all of them to queue). */
   private generating = 0;
   private wake: (() => void) | undefined;
+  private guard: { dispose(): void } | undefined;
   /** Decode steps run, and steps handed to node-llama-cpp's dispatcher (for tests and diagnostics). */
   readonly stats = { steps: 0, handedOver: 0 };
 
@@ -95,12 +96,22 @@ export class Stepper {
     return this.generating;
   }
 
-  /** A sequence starts (or stops) generating here: steps wait a turn for every generating sequence. */
+  /**
+   * A sequence starts (or stops) generating here: steps wait a turn for every generating sequence.
+   * While any does, the context cannot be disposed (node-llama-cpp's guard, taken once for the whole
+   * generation rather than per step: per step it was a tenth of the loop's JavaScript). Throws
+   * node-llama-cpp's DisposedError on a disposed context.
+   */
   begin(): void {
+    if (this.generating === 0) this.guard = (this.context as unknown as ContextInternals)._backendContextDisposeGuard.createPreventDisposalHandle();
     this.generating++;
   }
   end(): void {
     this.generating--;
+    if (this.generating === 0) {
+      this.guard?.dispose();
+      this.guard = undefined;
+    }
     this.poke();
   }
 
@@ -181,8 +192,6 @@ export class Stepper {
     this.beforeStep();
     const ctx = this.context as unknown as ContextInternals;
     const native = ctx._ctx;
-    // Throws on a disposed context, before anything leaves the queue (the loop then fails the queue).
-    const guard = ctx._backendContextDisposeGuard.createPreventDisposalHandle();
     const entries = this.queue.splice(0).sort((a, b) => a.seq._sequenceId - b.seq._sequenceId);
     // Each sequence gets at least one token of the batch (generation never waits behind a long
     // prompt); prompts fill the rest in sequence order; what does not fit waits for the next step.
@@ -209,7 +218,6 @@ export class Stepper {
       }
       await native.decodeBatch();
     } catch (err) {
-      guard.dispose();
       for (const b of batch) b.e.reject(err);
       return;
     }
@@ -223,21 +231,17 @@ export class Stepper {
       // A prompt longer than the batch continues in the next step (this one produced no logits for it).
       if (!b.logits) this.queue.push(b.e);
     }
-    try {
-      // The next decode overwrites the logits: every sequence samples before the step ends.
-      await Promise.all(
-        batch.map(async (b) => {
-          if (!b.logits) return;
-          try {
-            b.e.resolve(await b.e.sample(native, b.idx!));
-          } catch (err) {
-            b.e.reject(err);
-          }
-        }),
-      );
-    } finally {
-      guard.dispose();
-    }
+    // The next decode overwrites the logits: every sequence samples before the step ends.
+    await Promise.all(
+      batch.map(async (b) => {
+        if (!b.logits) return;
+        try {
+          b.e.resolve(await b.e.sample(native, b.idx!));
+        } catch (err) {
+          b.e.reject(err);
+        }
+      }),
+    );
   }
 
   /**

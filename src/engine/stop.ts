@@ -19,6 +19,7 @@ export class StopMatcher {
 
   /** Feeds generated text; returns the text now safe to emit, and whether a stop sequence was hit. */
   push(text: string): { emit: string; stopped: boolean } {
+    if (!this.stops.length) return { emit: text, stopped: false };
     const buf = this.held + text;
     let at = -1;
     for (const s of this.stops) {
