@@ -19,8 +19,14 @@
  * It relies on node-llama-cpp 3.21.1 internals (pinned): the context's `_ctx` binding, the sequence's
  * `_nextTokenIndex` / `_contextTokens` bookkeeping, and the context's `_decodeTokens` queue.
  */
-import type { LlamaContext, LlamaContextSequence, Token } from "node-llama-cpp";
 import { isLockActive, withLock } from "lifecycle-utils";
+
+// Structural stand-ins for node-llama-cpp's types: only llama.ts imports node-llama-cpp (design.md).
+type Token = number;
+/** A node-llama-cpp LlamaContext (its public `contextSize`; the rest through ContextInternals). */
+type LlamaContext = { readonly contextSize: number };
+/** A node-llama-cpp LlamaContextSequence (used through SequenceInternals). */
+type LlamaContextSequence = object;
 
 /** The native context calls the loop uses (node-llama-cpp 3.21.1's AddonContext). */
 export interface NativeContext {
