@@ -13,6 +13,9 @@ import type { ModelRegistry } from "./registry.ts";
 import { ensureNativeRuntime } from "./runtime.ts";
 import type { BackendInfo, BackendOptions, GenerateOptions, GenerateResult, LoraAdapter, ModelEntry, ModelInfo, Timings, TokenEvent, TokenLogprob } from "./types.ts";
 
+/** Longest a drain waits, after its generations have ended, for llama.cpp to release the models. */
+const DRAIN_CLOSE_MS = 10_000;
+
 function realpathOr(p: string): string {
   try {
     return realpathSync(p);
@@ -418,7 +421,10 @@ export class Engine {
     const finished = this.running.size === 0;
     for (const c of this.running) c.abort(new Error("server shutting down"));
     while (this.running.size > 0) await Bun.sleep(5);
-    await this.close();
+    // Shutdown must end: if llama.cpp does not release the models in time, the process exit will.
+    let closed = false;
+    await Promise.race([this.close().then(() => (closed = true)), Bun.sleep(DRAIN_CLOSE_MS)]);
+    if (!closed) log.warn(`llama.cpp did not release the models within ${DRAIN_CLOSE_MS / 1000} s of the drain; exiting without waiting`);
     return { finished };
   }
 
