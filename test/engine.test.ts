@@ -333,6 +333,37 @@ describe("engine", () => {
     }
   });
 
+  test("after an unload nothing holds llama.cpp: closing never waits for the garbage collector", async () => {
+    const e = makeEngine({ dir: fx.dir });
+    try {
+      // Keep every GgufInsights the memory check makes reachable, so the garbage collector cannot
+      // release its simulated model behind the test's back (the release must be shimmy's).
+      const { GgufInsights } = await import("node-llama-cpp");
+      const kept: unknown[] = [];
+      const from = GgufInsights.from;
+      GgufInsights.from = (async (...a: Parameters<typeof from>) => {
+        const i = await from.apply(GgufInsights, a);
+        kept.push(i);
+        return i;
+      }) as typeof from;
+      try {
+        await e.complete("tiny", { prompt: "hi", ...greedy, maxTokens: 2 });
+      } finally {
+        GgufInsights.from = from;
+      }
+      expect(kept.length).toBeGreaterThanOrEqual(1);
+      // node-llama-cpp's guard on its Llama instance: Llama.dispose() (close, shutdown) waits until no
+      // handle is held. The memory estimate's simulated model held one until it was garbage-collected
+      // (close then took 8 s, or timed out a test at 60 s).
+      const guard = ((await (e as unknown as { backendPromise: Promise<unknown> }).backendPromise) as { llama: { _backendDisposeGuard: { _preventionHandles: number } } }).llama._backendDisposeGuard;
+      expect(guard._preventionHandles).toBeGreaterThan(0);
+      await e.unload("tiny");
+      expect(guard._preventionHandles).toBe(0);
+    } finally {
+      await e.close();
+    }
+  });
+
   test("drain: running generations get the grace period, then are aborted; new work is refused", async () => {
     const e = makeEngine({ dir: fx.dir });
     // Start a long generation and wait for its first token: it is running when the drain begins.

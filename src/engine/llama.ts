@@ -310,8 +310,18 @@ export class NativeBackend {
     if (this.llama.gpu !== false && this.opts.memoryLimit === undefined) return;
     const info = await readGgufFileInfo(entry.path, { logWarnings: false, sourceType: "filesystem" });
     const insights = await GgufInsights.from(info, this.llama);
-    const model = await insights.estimateModelResourceRequirementsV2({ gpuLayers: 0 });
-    const ctx = await insights.estimateContextResourceRequirementsV2({ contextSize, modelGpuLayers: 0, sequences });
+    let model: Awaited<ReturnType<GgufInsights["estimateModelResourceRequirementsV2"]>>;
+    let ctx: Awaited<ReturnType<GgufInsights["estimateContextResourceRequirementsV2"]>>;
+    try {
+      model = await insights.estimateModelResourceRequirementsV2({ gpuLayers: 0 });
+      ctx = await insights.estimateContextResourceRequirementsV2({ contextSize, modelGpuLayers: 0, sequences });
+    } finally {
+      // The estimates load a simulated model, which keeps llama.cpp from being disposed until the
+      // garbage collector finalizes it: Llama.dispose() (shutdown, an engine closed) then waited
+      // seconds, or indefinitely (seen as 8 s, and as 60 s test timeouts). Released here at once
+      // (node-llama-cpp 3.21.1's internal simulator session).
+      await (insights as unknown as { _simulationSession?: { dispose(): Promise<void> } })._simulationSession?.dispose().catch(() => {});
+    }
     const need = model.cpuRam + ctx.cpuRam;
     const available = this.opts.memoryLimit ?? availableMemory();
     if (need > available)
