@@ -333,6 +333,18 @@ describe("engine", () => {
     }
   });
 
+  test("drain waits at most closeMs for the final unload (a shutdown always ends)", async () => {
+    const e = makeEngine({ dir: fx.dir });
+    await e.load("tiny");
+    const close = e.close.bind(e);
+    e.close = () => new Promise<void>(() => {});
+    const t0 = performance.now();
+    const drained = await e.drain(0, 200);
+    expect(drained.finished).toBe(true);
+    expect(performance.now() - t0).toBeLessThan(2000);
+    await close();
+  });
+
   test("after an unload nothing holds llama.cpp: closing never waits for the garbage collector", async () => {
     const e = makeEngine({ dir: fx.dir });
     try {

@@ -8,12 +8,13 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { Engine } from "../src/engine/engine.ts";
 import { ModelRegistry } from "../src/engine/registry.ts";
 import type { GenerateOptions } from "../src/engine/types.ts";
+import { existingStepper } from "../src/engine/stepper.ts";
 import { makeFixtures } from "./helpers.ts";
 
 let fx: Awaited<ReturnType<typeof makeFixtures>>;
 let direct: Engine;
 let stock: Engine;
-const make = (directDecode: boolean) => new Engine(new ModelRegistry({ modelDirs: [fx.dir] }, fx.dir), { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: 1024, chatTemplate: "auto", parallel: 2, directDecode });
+const make = (directDecode: boolean, parallel = 2) => new Engine(new ModelRegistry({ modelDirs: [fx.dir] }, fx.dir), { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: 1024, chatTemplate: "auto", parallel, directDecode });
 
 beforeAll(async () => {
   fx = await makeFixtures();
@@ -95,9 +96,27 @@ test("a plain generation keeps going while node-llama-cpp's dispatcher serves a 
   const short = direct.complete("tiny", { prompt: "short one", temperature: 0, maxTokens: 8 }).then((r) => (order.push("short"), r));
   const [l, s] = await Promise.all([long, short]);
   expect(order).toEqual(["short", "long"]);
+
   expect(s.text).toBe(solo.text);
   expect(l.text).toBe(soloLong.text);
   expect(l.logprobs!.length).toBe(soloLong.logprobs!.length);
+});
+
+test("while node-llama-cpp's dispatcher keeps the context (two logprobs generations), plain tokens are handed to it", async () => {
+  const e = make(true, 3);
+  try {
+    const solo = await e.complete("tiny", { prompt: "short one", temperature: 0, maxTokens: 8 });
+    const longs = [0, 1].map((i) => e.complete("tiny", { prompt: `a long one ${i}`, temperature: 0, maxTokens: 200, logprobs: 1 }));
+    await Bun.sleep(20);
+    const s = await e.complete("tiny", { prompt: "short one", temperature: 0, maxTokens: 8 });
+    await Promise.all(longs);
+    expect(s.text).toBe(solo.text);
+    const loaded = await e.load("tiny");
+    const context = (loaded.native as unknown as { pool: { context: object } }).pool.context;
+    expect(existingStepper(context as never)!.handedOver).toBeGreaterThan(0);
+  } finally {
+    await e.close();
+  }
 });
 
 test("a failing decode fails the request with a clear error, and the model keeps serving", async () => {
@@ -121,4 +140,29 @@ test("a failing decode fails the request with a clear error, and the model keeps
   }
   const ok = await direct.complete("tiny", { prompt: "fine again", temperature: 0, maxTokens: 8 });
   expect(ok.timings.generatedTokens).toBe(8);
+});
+
+test("requests sent together evaluate their prompts in one step; contexts use flash attention auto", async () => {
+  const loaded = await direct.load("tiny");
+  const context = (loaded.native as unknown as { pool: { context: Ctx & { flashAttention: unknown } } }).pool.context;
+  expect(context.flashAttention).toBe("auto");
+  const native = context._ctx;
+  const steps: number[][] = [];
+  let seqs: number[] = [];
+  context._ctx = new Proxy(native, {
+    get(t, p) {
+      if (p === "addToBatch") return (...a: unknown[]) => (seqs.push((a[2] as Uint32Array).length), t.addToBatch!(...a));
+      if (p === "decodeBatch") return (...a: unknown[]) => (steps.push(seqs), (seqs = []), t.decodeBatch!(...a));
+      const v = t[p as string];
+      return typeof v === "function" ? v.bind(t) : v;
+    },
+  });
+  try {
+    await Promise.all([0, 1].map((i) => direct.complete("tiny", { prompt: `a prompt of several words, number ${i}`, temperature: 0, maxTokens: 4 })));
+    // One step with both prompts (several tokens each), then steps of one token per sequence.
+    expect(steps[0]!.length).toBe(2);
+    expect(Math.min(...steps[0]!)).toBeGreaterThan(1);
+  } finally {
+    context._ctx = native;
+  }
 });

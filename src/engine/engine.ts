@@ -412,9 +412,9 @@ export class Engine {
 
   /**
    * Shutdown: refuse new work, give running generations `graceMs` to finish, abort the rest (they end
-   * with finish reason `abort`), then unload everything.
+   * with finish reason `abort`), then unload everything, waiting at most `closeMs` for that.
    */
-  async drain(graceMs: number): Promise<{ finished: boolean }> {
+  async drain(graceMs: number, closeMs = DRAIN_CLOSE_MS): Promise<{ finished: boolean }> {
     this.draining = true;
     const deadline = Date.now() + graceMs;
     while (this.running.size > 0 && Date.now() < deadline) await Bun.sleep(Math.min(50, Math.max(1, deadline - Date.now())));
@@ -423,8 +423,8 @@ export class Engine {
     while (this.running.size > 0) await Bun.sleep(5);
     // Shutdown must end: if llama.cpp does not release the models in time, the process exit will.
     let closed = false;
-    await Promise.race([this.close().then(() => (closed = true)), Bun.sleep(DRAIN_CLOSE_MS)]);
-    if (!closed) log.warn(`llama.cpp did not release the models within ${DRAIN_CLOSE_MS / 1000} s of the drain; exiting without waiting`);
+    await Promise.race([this.close().then(() => (closed = true)), Bun.sleep(closeMs)]);
+    if (!closed) log.warn(`llama.cpp did not release the models within ${closeMs / 1000} s of the drain; exiting without waiting`);
     return { finished };
   }
 

@@ -948,14 +948,8 @@ export class NativeModel {
     const maxTokens = opts.maxTokens === undefined ? room : Math.min(opts.maxTokens, room);
     const sampling = this.samplingOptions(opts);
     const top = Math.max(0, Math.min(20, opts.logprobs ?? 0));
-    // Template end-of-turn markers: one special token each, or plain text for the stop matcher.
-    const stopTokens = new Set<number>();
-    const textStops = [...(opts.stop ?? [])];
-    for (const trigger of triggers) {
-      const ids = trigger.tokenize(this.model.tokenizer);
-      if (ids.length === 1 && this.model.detokenize(ids, false) === "") stopTokens.add(ids[0]!);
-      else textStops.push(trigger.toString());
-    }
+    const { stopTokens, markers } = this.splitTriggers(triggers);
+    const textStops = [...(opts.stop ?? []), ...markers];
     const input: Token[] = this.prependsBos ? [this.model.tokens.bos!, ...tokens] : tokens;
     const clock = new Clock(tCall, tReady, promptTokens);
     const enc = new TextEncoder();
@@ -1078,6 +1072,18 @@ export class NativeModel {
     }, input);
   }
 
+  /** A template's end-of-turn markers: one special token each (`stopTokens`), or plain text for the stop matcher (`markers`). */
+  private splitTriggers(triggers: LlamaText[]): { stopTokens: Set<number>; markers: string[] } {
+    const stopTokens = new Set<number>();
+    const markers: string[] = [];
+    for (const trigger of triggers) {
+      const ids = trigger.tokenize(this.model.tokenizer);
+      if (ids.length === 1 && this.model.detokenize(ids, false) === "") stopTokens.add(ids[0]!);
+      else markers.push(trigger.toString());
+    }
+    return { stopTokens, markers };
+  }
+
   /**
    * Plain generation on shimmy's decode loop (stepper.ts): the prompt's uncached tokens, then one
    * token per step, sampled by llama.cpp's sampler chain (node-llama-cpp's native sampler, configured
@@ -1100,13 +1106,7 @@ export class NativeModel {
     // A trim that could not run (see trimSlot) is done the locked way.
     if (seq.nextTokenIndex > clock.cached) await seq.eraseContextTokenRanges([{ start: clock.cached, end: seq.nextTokenIndex }]);
     clock.cached = Math.min(clock.cached, seq.nextTokenIndex);
-    const stopTokens = new Set<number>();
-    const markers: string[] = [];
-    for (const trigger of triggers) {
-      const ids = trigger.tokenize(this.model.tokenizer);
-      if (ids.length === 1 && this.model.detokenize(ids, false) === "") stopTokens.add(ids[0]!);
-      else markers.push(trigger.toString());
-    }
+    const { stopTokens, markers } = this.splitTriggers(triggers);
     const userStops = opts.stop ?? [];
     const run = new Run(opts.signal, [...userStops, ...markers], onText);
     const generated: Token[] = [];

@@ -81,8 +81,8 @@ export class Stepper {
   private generating = 0;
   private wake: (() => void) | undefined;
   private guard: { dispose(): void } | undefined;
-  /** Decode steps run, and steps handed to node-llama-cpp's dispatcher (for tests and diagnostics). */
-  readonly stats = { steps: 0, handedOver: 0 };
+  /** Steps handed to node-llama-cpp's dispatcher (for tests). */
+  handedOver = 0;
 
   constructor(
     private readonly context: LlamaContext,
@@ -227,7 +227,6 @@ export class Stepper {
       for (const b of batch) b.e.reject(err);
       return;
     }
-    this.stats.steps++;
     for (const b of batch) {
       const s = b.e.seq;
       const chunk = b.e.tokens.splice(0, b.n);
@@ -257,7 +256,7 @@ export class Stepper {
   private async handOver(): Promise<void> {
     const ctx = this.context as unknown as ContextInternals;
     const entries = this.queue.splice(0);
-    this.stats.handedOver++;
+    this.handedOver++;
     await Promise.all(
       entries.map(async (e) => {
         const s = e.seq;
