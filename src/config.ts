@@ -76,6 +76,8 @@ export interface Config {
   threadpoolPoll: number;
   /** Plain generations (no grammar, tools or logprobs) run on shimmy's own decode loop over llama.cpp's native context: about 1 ms less JavaScript per token than node-llama-cpp's LlamaCompletion. Default true. Env `SHIMMY_DIRECT_DECODE=0` turns it off (LlamaCompletion), for comparison. */
   directDecode: boolean;
+  /** Greedy requests (temperature 0, no penalties or logit bias) on shimmy's decode loop take the argmax of llama.cpp's logits synchronously instead of an async native sampling call per token (Linux). Default true. Env `SHIMMY_SYNC_GREEDY=0` turns it off (node-llama-cpp's sampler), for comparison. */
+  syncGreedy: boolean;
   /** Serve the browser playground at `/`. Default true. Env `SHIMMY_PLAYGROUND=0`, flag `--no-playground`. */
   playground: boolean;
   /** Log level for stderr: error | warn | info | debug. Default info. Env `SHIMMY_LOG`. */
@@ -261,6 +263,7 @@ export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, 
     fullBatches: !["0", "false", "no", "off"].includes((env.SHIMMY_FULL_BATCHES ?? "").toLowerCase()),
     threadpool: !["0", "false", "no", "off"].includes((env.SHIMMY_THREADPOOL ?? "").toLowerCase()),
     threadpoolPoll: parseIntSetting("SHIMMY_THREADPOOL_POLL", env.SHIMMY_THREADPOOL_POLL, 0, 100) ?? 0,
+    syncGreedy: !["0", "false", "no", "off"].includes((env.SHIMMY_SYNC_GREEDY ?? "").toLowerCase()),
     directDecode: !["0", "false", "no", "off"].includes((env.SHIMMY_DIRECT_DECODE ?? "").toLowerCase()),
     playground: overrides.playground ?? !["0", "false", "no", "off"].includes((env.SHIMMY_PLAYGROUND ?? "").toLowerCase()),
     memoryLimit: parseBytes("SHIMMY_MEMORY_LIMIT", env.SHIMMY_MEMORY_LIMIT),

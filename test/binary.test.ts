@@ -122,16 +122,21 @@ maybe("single-file executable", () => {
     expect(runtimeDirs(home)).toHaveLength(1);
   });
 
-  test("the executable compiles and installs the persistent CPU threadpools (bun:ffi TinyCC inside the binary)", async () => {
+  test("the executable compiles and installs the persistent CPU threadpools and synchronous greedy sampling (bun:ffi TinyCC inside the binary)", async () => {
     const home = path.join(tmp, "home-threadpool");
     mkdirSync(home);
     const args = ["generate", "tiny", "--prompt", "hello", "--max-tokens", "6", "--temperature", "0", "--threads", "2"];
     const on = await run(args, { home, env: { SHIMMY_LOG: "debug" } });
     expect(on.code).toBe(0);
     expect(on.stderr).toContain("threadpool: persistent pools per context");
-    const off = await run(args, { home, env: { SHIMMY_LOG: "debug", SHIMMY_THREADPOOL: "0" } });
+    // Synchronous greedy sampling (greedy.c, also TinyCC) installs and checks out in the binary too.
+    expect(on.stderr).toContain("sampling: greedy requests sampled synchronously");
+    expect(on.stderr).not.toContain("did not check out");
+    expect(on.stderr).not.toContain("differs from node-llama-cpp's");
+    const off = await run(args, { home, env: { SHIMMY_LOG: "debug", SHIMMY_THREADPOOL: "0", SHIMMY_SYNC_GREEDY: "0" } });
     expect(off.code).toBe(0);
     expect(off.stderr).toContain("threadpool: node-llama-cpp's default");
+    expect(off.stderr).toContain("sampling: node-llama-cpp's sampler for every request: turned off");
     expect(on.stdout).toBe(off.stdout);
     expect(on.stdout.length).toBeGreaterThan(0);
   });

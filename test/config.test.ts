@@ -35,6 +35,8 @@ describe("config", () => {
   test("persistent threadpools: on by default, SHIMMY_THREADPOOL=0 turns them off; SHIMMY_THREADPOOL_POLL is 0..100 (default 0)", () => {
     expect(loadConfig({}, {})).toMatchObject({ threadpool: true, threadpoolPoll: 0, directDecode: true });
     expect(loadConfig({}, { SHIMMY_DIRECT_DECODE: "0" })).toMatchObject({ directDecode: false });
+    expect(loadConfig({}, {})).toMatchObject({ syncGreedy: true });
+    expect(loadConfig({}, { SHIMMY_SYNC_GREEDY: "0" })).toMatchObject({ syncGreedy: false });
     expect(loadConfig({}, { SHIMMY_THREADPOOL: "0", SHIMMY_THREADPOOL_POLL: "50" })).toMatchObject({ threadpool: false, threadpoolPoll: 50 });
     expect(() => loadConfig({}, { SHIMMY_THREADPOOL_POLL: "101" })).toThrow(/SHIMMY_THREADPOOL_POLL/);
     expect(() => loadConfig({}, { SHIMMY_THREADPOOL_POLL: "lots" })).toThrow(/SHIMMY_THREADPOOL_POLL/);

@@ -46,6 +46,7 @@ import { maximumParallelismStrategy } from "../../node_modules/node-llama-cpp/di
 import { nativeBuildInfo } from "./runtime.ts";
 import { StopMatcher } from "./stop.ts";
 import { installThreadpools, threadpoolStats } from "./threadpool.ts";
+import { greedyFor, installGreedy } from "./greedy.ts";
 import { existingStepper, type NativeContext as NativeContextLike, stepperFor } from "./stepper.ts";
 import type { BackendInfo, BackendOptions, ChatMessage, FinishReason, GenerateOptions, GenerateResult, LoraAdapter, ModelEntry, ModelMeta, TokenLogprob, ToolCall, ToolDefinition } from "./types.ts";
 
@@ -224,6 +225,7 @@ export async function openBackend(opts: BackendOptions): Promise<NativeBackend> 
     throw new BackendError(`cannot start llama.cpp with --gpu ${opts.gpu}: ${why ?? (err as Error).message}`, { cause: err });
   }
   await installThreadpools(opts.threadpool !== false, opts.threadpoolPoll, llama.gpu);
+  await installGreedy(opts.syncGreedy !== false && opts.directDecode !== false, llama.gpu);
   if (opts.gpu === "auto" && llama.gpu === false) {
     const why = await whyNoGpu();
     if (why.length) log.warn(`GPU: not used (${why.join("; ")}); running on CPU`);
@@ -1125,8 +1127,19 @@ export class NativeModel {
         repeatPenalty: penalty ? { penalty: penalty.penalty, frequencyPenalty: penalty.frequencyPenalty, presencePenalty: penalty.presencePenalty, maxPunishTokens: 64, punishTokens: () => all.slice(-64).filter((t) => t !== nl) } : undefined,
       });
     const bindings = (this.model as unknown as { _llama: { _bindings: { AddonSampler: new (m: unknown) => { applyConfig(c: object): void; dispose(): void } } }; _model: unknown });
-    const sampler = new bindings._llama._bindings.AddonSampler(bindings._model);
-    const sample = (native: NativeContextLike, idx: number) => native.sampleToken(idx, sampler) as Promise<number>;
+    // node-llama-cpp's native sampler, made on first use (a greedy request sampled synchronously
+    // needs it only for its context's first token, if at all; making one costs about 1 ms).
+    let sampler: { applyConfig(c: object): void; dispose(): void } | undefined;
+    const nativeSample = (native: NativeContextLike, idx: number) => {
+      if (!sampler) {
+        sampler = new bindings._llama._bindings.AddonSampler(bindings._model);
+        sampler.applyConfig(config());
+      }
+      return native.sampleToken(idx, sampler) as Promise<number>;
+    };
+    // Greedy requests: the argmax of llama.cpp's logits, synchronously (greedy.ts).
+    const greedy = sampling.temperature <= 0 && !sampling.tokenBias && !penalty ? greedyFor((context as unknown as { _ctx: NativeContextLike & { getThreads(): number; getContextSize(): number } })._ctx) : undefined;
+    const sample = greedy ? (native: NativeContextLike, idx: number) => greedy.sample(idx, () => nativeSample(native, idx)) : nativeSample;
     const stepper = stepperFor(context, () => runTruncations(context), () => POOLS.get(context)?.busy ?? 0);
     const finishStop = (): GenerateResult => {
       const matched = run.matcher.matched;
@@ -1138,13 +1151,11 @@ export class NativeModel {
       stepper.begin();
     } catch (err) {
       run.dispose();
-      sampler.dispose();
       throw new GenerationError(`generation failed: ${(err as Error).message}`, { cause: err });
     }
     try {
       if (run.aborted) return clock.result("", "abort");
       if (maxTokens <= 0) return clock.result("", "length");
-      sampler.applyConfig(config());
       // The next decode is queued after this token's text is sent, not before: overlapping the two
       // (the JavaScript thread working while llama.cpp decodes on every core) measured 5-10% slower
       // single-stream on 2 cores, and no faster with 4 streams.
@@ -1177,7 +1188,7 @@ export class NativeModel {
           return clock.result(run.text, "length");
         }
         next = [token];
-        if (penalty) sampler.applyConfig(config());
+        if (penalty) sampler?.applyConfig(config());
       }
     } catch (err) {
       if (run.stopHit) return finishStop();
@@ -1186,7 +1197,7 @@ export class NativeModel {
     } finally {
       stepper.end();
       run.dispose();
-      sampler.dispose();
+      sampler?.dispose();
     }
   }
 

@@ -53,8 +53,8 @@ interface SequenceInternals {
   _tokenMeter: unknown;
 }
 
-/** Samples the next token from the batch's logits at `batchLogitIndex`. */
-export type SampleFn<T> = (native: NativeContext, batchLogitIndex: number) => Promise<T>;
+/** Samples the next token from the batch's logits at `batchLogitIndex` (synchronously, or through a promise). */
+export type SampleFn<T> = (native: NativeContext, batchLogitIndex: number) => T | Promise<T>;
 
 interface Entry {
   seq: SequenceInternals;
@@ -222,7 +222,9 @@ export class Stepper {
         const chunk = b.n === b.e.tokens.length ? b.e.tokens : b.e.tokens.slice(0, b.n);
         b.idx = native.addToBatch(b.e.seq._sequenceId, b.e.seq._nextTokenIndex, Uint32Array.from(chunk), b.logits ? Uint32Array.of(b.n - 1) : new Uint32Array(0))[0];
       }
+      const _g = globalThis as any; const _t0 = performance.now(); if (_g.__end !== undefined && _g.__ov) _g.__ov.push(_t0 - _g.__end);
       await native.decodeBatch();
+      _g.__end = performance.now();
     } catch (err) {
       for (const b of batch) b.e.reject(err);
       return;
@@ -237,16 +239,18 @@ export class Stepper {
       if (!b.logits) this.queue.push(b.e);
     }
     // The next decode overwrites the logits: every sequence samples before the step ends.
-    await Promise.all(
-      batch.map(async (b) => {
-        if (!b.logits) return;
-        try {
-          b.e.resolve(await b.e.sample(native, b.idx!));
-        } catch (err) {
-          b.e.reject(err);
-        }
-      }),
-    );
+    const pending: Array<Promise<void>> = [];
+    for (const b of batch) {
+      if (!b.logits) continue;
+      try {
+        const r = b.e.sample(native, b.idx!);
+        if (r instanceof Promise) pending.push(r.then(b.e.resolve, b.e.reject));
+        else b.e.resolve(r);
+      } catch (err) {
+        b.e.reject(err);
+      }
+    }
+    if (pending.length) await Promise.all(pending);
   }
 
   /**
@@ -266,7 +270,7 @@ export class Stepper {
         try {
           const res = await ctx._decodeTokens(
             { sequenceId: s._sequenceId, firstTokenSequenceIndex: s._nextTokenIndex, tokens, logits, evaluationPriority: 5, tokenMeter: s._tokenMeter },
-            (batchLogitIndex) => e.sample(ctx._ctx, batchLogitIndex),
+            async (batchLogitIndex) => e.sample(ctx._ctx, batchLogitIndex),
           );
           s._nextTokenIndex += tokens.length;
           for (const t of tokens) s._contextTokens.push(t);

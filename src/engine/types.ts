@@ -202,6 +202,8 @@ export interface BackendOptions {
   threadpoolPoll?: number;
   /** Plain generations run on shimmy's own decode loop over node-llama-cpp's native context (default true); false uses node-llama-cpp's LlamaCompletion. */
   directDecode?: boolean;
+  /** Greedy requests on the decode loop are sampled synchronously from llama.cpp's logits (default true; Linux); false uses node-llama-cpp's sampler. */
+  syncGreedy?: boolean;
   /** Bytes a model load may need at most (weights + context estimate); default: the memory available now. */
   memoryLimit?: number;
   /** Cache dir and runtime dir override, for a single-file executable's native files (see runtime.ts). */

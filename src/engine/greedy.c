@@ -1,0 +1,55 @@
+/*
+ * Synchronous greedy sampling for shimmy's decode loop (compiled at run time by bun:ffi's TinyCC; see
+ * greedy.ts for why). No #include: the few libc functions used are declared here, so it compiles
+ * without system headers.
+ *
+ * node-llama-cpp samples on a worker thread (an async native call per token). For greedy requests
+ * the whole sampling is an argmax over the token's logits, which llama.cpp keeps in host memory after
+ * the decode (greedy.ts reads them); that needs the llama_context pointer, which node-llama-cpp does
+ * not expose.
+ * shimmy_gr_install points node-llama-cpp addon's import slot (GOT entry) for llama_n_threads at a
+ * wrapper that forwards to llama.cpp and, while armed, remembers the context it was called with; the
+ * addon's synchronous `getThreads()` then tells shimmy the pointer (greedy.ts checks it before use).
+ */
+
+typedef int (*n_threads_t)(void *ctx);
+int mprotect(void *addr, unsigned long len, int prot);
+int getpagesize(void);
+
+static n_threads_t real_n_threads;
+static void *volatile captured;
+static volatile int armed;
+
+static int hook_n_threads(void *ctx) {
+    if (armed) {
+        captured = ctx;
+        armed = 0;
+    }
+    return real_n_threads(ctx);
+}
+
+/*
+ * slot: the GOT entry of llama_n_threads in the addon; real: llama.cpp's llama_n_threads (never the
+ * PLT stub, so lazy binding can never write over the wrapper).
+ * The slot's page is made writable first (it is read-only under full RELRO). Returns 0 on success.
+ */
+int shimmy_gr_install(void **slot, void *real) {
+    unsigned long page = (unsigned long)getpagesize();
+    unsigned long start = (unsigned long)slot & ~(page - 1);
+    if (real_n_threads) return 1;
+    if (mprotect((void *)start, page, 3 /* PROT_READ | PROT_WRITE */) != 0) return 2;
+    real_n_threads = (n_threads_t)real;
+    *slot = (void *)hook_n_threads;
+    return 0;
+}
+
+/* The next llama_n_threads call through the addon records its context. */
+void shimmy_gr_arm(void) {
+    captured = 0;
+    armed = 1;
+}
+
+void *shimmy_gr_take(void) {
+    armed = 0;
+    return captured;
+}
