@@ -222,9 +222,7 @@ export class Stepper {
         const chunk = b.n === b.e.tokens.length ? b.e.tokens : b.e.tokens.slice(0, b.n);
         b.idx = native.addToBatch(b.e.seq._sequenceId, b.e.seq._nextTokenIndex, Uint32Array.from(chunk), b.logits ? Uint32Array.of(b.n - 1) : new Uint32Array(0))[0];
       }
-      const _g = globalThis as any; const _t0 = performance.now(); if (_g.__end !== undefined && _g.__ov) _g.__ov.push(_t0 - _g.__end);
       await native.decodeBatch();
-      _g.__end = performance.now();
     } catch (err) {
       for (const b of batch) b.e.reject(err);
       return;
