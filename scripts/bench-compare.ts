@@ -127,14 +127,14 @@ function startShimmy(parallel: number, file: string, extraEnv: Record<string, st
   return { proc, url: `http://127.0.0.1:${port}`, name: path.basename(file, ".gguf").toLowerCase().replace(/[_\s]+/g, "-") };
 }
 
-function startLlamaServer(bin: string, parallel: number) {
+function startLlamaServer(bin: string, parallel: number, extra: string[] = []) {
   const port = 20000 + Math.floor(Math.random() * 20000);
   const log = path.join(os.tmpdir(), `llama-server-${port}.log`);
-  const proc = Bun.spawn([bin, "-m", model, "-t", String(threads), "-tb", String(threads), "-c", String(CTX * parallel), "-np", String(parallel), "--port", String(port), "--host", "127.0.0.1", "-ngl", "0", "--no-warmup"], {
+  const proc = Bun.spawn([bin, "-m", model, "-t", String(threads), "-tb", String(threads), "-c", String(CTX * parallel), "-np", String(parallel), "--port", String(port), "--host", "127.0.0.1", "-ngl", "0", "--no-warmup", ...extra], {
     stdout: Bun.file(log),
     stderr: Bun.file(log),
   });
-  console.error(`llama-server (parallel ${parallel}) logs to ${log}`);
+  console.error(`llama-server (parallel ${parallel}${extra.length ? ` ${extra.join(" ")}` : ""}) logs to ${log}`);
   return { proc, url: `http://127.0.0.1:${port}` };
 }
 
@@ -270,6 +270,8 @@ const IN_POOLED = "in-process (node-llama-cpp + shimmy's threadpools)";
 const IN_ENGINE = "in-process (shimmy's engine, no HTTP)";
 const SSE = "shimmy SSE /api/generate";
 const LS_COMPLETION = "llama-server /completion";
+/** llama-server with the weights read into memory, as shimmy does by default on Linux (chooseMmap in src/engine/llama.ts). */
+const LS_NO_MMAP = "llama-server --no-mmap /completion";
 
 async function main() {
   if (!existsSync(model)) {
@@ -307,12 +309,15 @@ async function main() {
 
   const shimmy = startShimmy(1, model);
   const server = startLlamaServer(bin, 1);
+  const serverRead = startLlamaServer(bin, 1, ["--no-mmap"]);
   try {
     await waitFor(`${shimmy.url}/health`);
     await waitFor(`${server.url}/health`);
+    await waitFor(`${serverRead.url}/health`);
     await fetch(`${shimmy.url}/api/models/${shimmy.name}/load`, { method: "POST" });
     const warmShimmy = () => fetch(`${shimmy.url}/api/generate`, { method: "POST", body: JSON.stringify({ model: shimmy.name, prompt: prompt(0), max_tokens: 4, temperature: 0, stream: false }) }).then((r) => r.text());
-    const warmServer = () => fetch(`${server.url}/completion`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: prompt(0), n_predict: 4, temperature: 0, cache_prompt: false }) }).then((r) => r.text());
+    const warmLlama = (url: string) => () => fetch(`${url}/completion`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: prompt(0), n_predict: 4, temperature: 0, cache_prompt: false }) }).then((r) => r.text());
+    const warmServer = warmLlama(server.url);
     const modes: Mode[] = [
       { name: IN_STOCK, run: stock.run, group: "stock", warm: stock.warm },
       { name: IN_POOLED, run: pooled.run, group: "pooled", warm: pooled.warm },
@@ -323,6 +328,7 @@ async function main() {
       { name: "shimmy OpenAI stream /v1/completions", run: (i) => openaiStream(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
       { name: LS_COMPLETION, run: (i) => llamaCompletion(server.url, i), group: "llama-server", warm: warmServer },
       { name: "llama-server /v1/completions stream", run: (i) => openaiStream(server.url, "m", i), group: "llama-server", warm: warmServer },
+      { name: LS_NO_MMAP, run: (i) => llamaCompletion(serverRead.url, i), group: "llama-server-no-mmap", warm: warmLlama(serverRead.url) },
     ];
     // A failed run (a server error, a reset connection) is reported and left out, never silently kept.
     const failures: string[] = [];
@@ -367,7 +373,8 @@ async function main() {
     });
     shimmy.proc.kill("SIGTERM");
     server.proc.kill("SIGTERM");
-    await Promise.all([shimmy.proc.exited, server.proc.exited]);
+    serverRead.proc.kill("SIGTERM");
+    await Promise.all([shimmy.proc.exited, server.proc.exited, serverRead.proc.exited]);
     for (const f of floors) f.stdin.end();
     await Promise.all(floors.map((f) => f.exited));
 
@@ -450,6 +457,7 @@ async function main() {
       sseVsFloor: paired(pairs(SSE, IN_ENGINE), (a, b) => a.decodeTps / b.decodeTps),
       sseVsPooled: paired(pairs(SSE, IN_POOLED), (a, b) => a.decodeTps / b.decodeTps),
       sseVsServer: paired(pairs(SSE, LS_COMPLETION), (a, b) => a.decodeTps / b.decodeTps),
+      sseVsServerRead: paired(pairs(SSE, LS_NO_MMAP), (a, b) => a.decodeTps / b.decodeTps),
       sseVsStock: paired(pairs(SSE, IN_STOCK), (a, b) => a.decodeTps / b.decodeTps),
       ttftOverFloor: paired(pairs(SSE, IN_ENGINE), (a, b) => a.ttftMs - b.ttftMs),
     };
@@ -457,13 +465,14 @@ async function main() {
   } finally {
     shimmy.proc.kill("SIGKILL");
     server.proc.kill("SIGKILL");
+    serverRead.proc.kill("SIGKILL");
     for (const f of floors) f.kill("SIGKILL");
   }
 }
 
-function report(single: Array<Record<string, number | string>>, conc: Conc[], idleRss: number, ratios: Record<"sseVsFloor" | "sseVsPooled" | "sseVsServer" | "sseVsStock" | "ttftOverFloor", Paired>) {
+function report(single: Array<Record<string, number | string>>, conc: Conc[], idleRss: number, ratios: Record<"sseVsFloor" | "sseVsPooled" | "sseVsServer" | "sseVsServerRead" | "sseVsStock" | "ttftOverFloor", Paired>) {
   const c4 = conc.find((c) => c.streams === 4);
-  const machineNote = "The three in-process rows are the floors: node-llama-cpp as it ships (LlamaCompletion, a fresh set of ggml threads per decode); the same with the persistent threadpools shimmy installs (src/engine/threadpool.ts); and shimmy's engine without HTTP (threadpools and shimmy's decode loop, src/engine/stepper.ts), which is what shimmy serves with. SSE is held against the third for its HTTP cost, and against the first two for what shimmy adds over node-llama-cpp.";
+  const machineNote = "The three in-process rows are the floors: node-llama-cpp as it ships (LlamaCompletion, a fresh set of ggml threads per decode); the same with the persistent threadpools shimmy installs (src/engine/threadpool.ts); and shimmy's engine without HTTP (threadpools and shimmy's decode loop, src/engine/stepper.ts), which is what shimmy serves with. SSE is held against the third for its HTTP cost, and against the first two for what shimmy adds over node-llama-cpp. Model files: node-llama-cpp's two floors and llama-server (its default) memory-map the file; shimmy's engine and shimmy's server read it into memory, shimmy's default on Linux for a CPU model that takes at most half the available memory (`SHIMMY_MMAP`, see the README); `llama-server --no-mmap` is the same server reading the file, to show what the load mode alone is worth on this machine.";
   // Targets are judged on paired figures: each round runs every mode, so a per-round ratio cancels the
   // machine's drift between rounds; the median of those is reported with the smallest and largest.
   const x = (p: Paired) => `${p.median.toFixed(3)} x (rounds ${p.min.toFixed(3)}-${p.max.toFixed(3)}, n=${p.n})`;
@@ -471,6 +480,7 @@ function report(single: Array<Record<string, number | string>>, conc: Conc[], id
     { target: "shimmy SSE decode >= 0.98 x in-process (same engine: shimmy's engine without HTTP)", value: x(ratios.sseVsFloor), met: ratios.sseVsFloor.median >= 0.98 },
     { target: "shimmy SSE decode >= 0.98 x node-llama-cpp in-process with shimmy's threadpools", value: x(ratios.sseVsPooled), met: ratios.sseVsPooled.median >= 0.98 },
     { target: "shimmy SSE decode >= llama-server's (/completion)", value: x(ratios.sseVsServer), met: ratios.sseVsServer.median >= 1 },
+    { target: "(for comparison, not a target) shimmy SSE decode against llama-server --no-mmap", value: x(ratios.sseVsServerRead), met: "-" },
     { target: "shimmy SSE decode >= 0.98 x node-llama-cpp in-process as shipped", value: x(ratios.sseVsStock), met: ratios.sseVsStock.median >= 0.98 },
     { target: "TTFT overhead <= 10 ms over in-process", value: `${ratios.ttftOverFloor.median.toFixed(1)} ms (rounds ${ratios.ttftOverFloor.min.toFixed(1)} to ${ratios.ttftOverFloor.max.toFixed(1)})`, met: ratios.ttftOverFloor.median <= 10 },
     ...(c4 ? [{ target: "aggregate tok/s at 4 streams >= llama-server --parallel 4", value: x(c4.ratio), met: c4.ratio.median >= 1 }] : []),
@@ -514,7 +524,7 @@ function report(single: Array<Record<string, number | string>>, conc: Conc[], id
     "",
     "| target | measured | met |",
     "|---|---|---|",
-    ...targets.map((t) => `| ${t.target} | ${t.value} | ${t.met ? "yes" : "no"} |`),
+    ...targets.map((t) => `| ${t.target} | ${t.value} | ${t.met === "-" ? "-" : t.met ? "yes" : "no"} |`),
     "",
   ].join("\n");
   mkdirSync(path.join(ROOT, "docs"), { recursive: true });

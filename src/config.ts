@@ -66,8 +66,8 @@ export interface Config {
   logFormat: "text" | "json";
   /** Put prompt text in the request log. Default false. Env `SHIMMY_LOG_PROMPTS=1`, flag `--log-prompts`. */
   logPrompts: boolean;
-  /** Memory-map model files (fast; a file truncated on disk while loaded can crash the process). Default true. Env `SHIMMY_MMAP=0`, flag `--no-mmap`. */
-  mmap: boolean;
+  /** Memory-map model files (`true`; fast loads, but a file truncated on disk while loaded can crash the process), read them into memory (`false`), or `auto` (default: read on the CPU backend on Linux when the file takes at most half the available memory, else map). Env `SHIMMY_MMAP=0|1|auto`, flags `--no-mmap` / `--mmap`. */
+  mmap: boolean | "auto";
   /** Each decode step carries a token of every generating sequence (waits a few microtasks for a late one). Default true. Env `SHIMMY_FULL_BATCHES=0` turns it off (node-llama-cpp's own scheduling), for comparison. */
   fullBatches: boolean;
   /** Each multi-threaded CPU context gets a persistent llama.cpp threadpool, as llama.cpp's own tools do (Linux). Default true. Env `SHIMMY_THREADPOOL=0` turns it off (a fresh set of threads per decode, node-llama-cpp's default). */
@@ -103,6 +103,15 @@ export function physicalCores(): number {
 /** Comma-separated items, trimmed, empties dropped. */
 function list(raw: string | undefined): string[] {
   return (raw ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+}
+
+/** SHIMMY_MMAP: 0/1 (and false/true, no/yes, off/on) or auto; unset is auto. */
+function parseMmap(raw: string | undefined): boolean | "auto" {
+  const v = (raw ?? "").trim().toLowerCase();
+  if (v === "" || v === "auto") return "auto";
+  if (["0", "false", "no", "off"].includes(v)) return false;
+  if (["1", "true", "yes", "on"].includes(v)) return true;
+  throw new RangeError(`SHIMMY_MMAP must be 0, 1 or auto, got '${raw}'`);
 }
 
 function truthy(raw: string | undefined): boolean {
@@ -259,7 +268,7 @@ export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, 
     maxBodyBytes: parseBytes("--max-body", overrides.maxBody) ?? parseBytes("SHIMMY_MAX_BODY", env.SHIMMY_MAX_BODY) ?? 10 * 1024 * 1024,
     logFormat: overrides.logFormat ?? oneOf("SHIMMY_LOG_FORMAT", env.SHIMMY_LOG_FORMAT, ["text", "json"] as const) ?? "text",
     logPrompts: overrides.logPrompts ?? truthy(env.SHIMMY_LOG_PROMPTS),
-    mmap: overrides.mmap ?? !["0", "false", "no", "off"].includes((env.SHIMMY_MMAP ?? "").toLowerCase()),
+    mmap: overrides.mmap ?? parseMmap(env.SHIMMY_MMAP),
     fullBatches: !["0", "false", "no", "off"].includes((env.SHIMMY_FULL_BATCHES ?? "").toLowerCase()),
     threadpool: !["0", "false", "no", "off"].includes((env.SHIMMY_THREADPOOL ?? "").toLowerCase()),
     threadpoolPoll: parseIntSetting("SHIMMY_THREADPOOL_POLL", env.SHIMMY_THREADPOOL_POLL, 0, 100) ?? 0,

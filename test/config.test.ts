@@ -35,7 +35,12 @@ describe("config", () => {
   test("persistent threadpools: on by default, SHIMMY_THREADPOOL=0 turns them off; SHIMMY_THREADPOOL_POLL is 0..100 (default 0)", () => {
     expect(loadConfig({}, {})).toMatchObject({ threadpool: true, threadpoolPoll: 0, directDecode: true });
     expect(loadConfig({}, { SHIMMY_DIRECT_DECODE: "0" })).toMatchObject({ directDecode: false });
-    expect(loadConfig({}, {})).toMatchObject({ syncGreedy: true });
+    expect(loadConfig({}, {})).toMatchObject({ syncGreedy: true, mmap: "auto" });
+    expect(loadConfig({}, { SHIMMY_MMAP: "0" })).toMatchObject({ mmap: false });
+    expect(loadConfig({}, { SHIMMY_MMAP: "1" })).toMatchObject({ mmap: true });
+    expect(loadConfig({}, { SHIMMY_MMAP: "auto" })).toMatchObject({ mmap: "auto" });
+    expect(loadConfig({ mmap: false }, { SHIMMY_MMAP: "1" })).toMatchObject({ mmap: false });
+    expect(() => loadConfig({}, { SHIMMY_MMAP: "sometimes" })).toThrow(/SHIMMY_MMAP must be 0, 1 or auto/);
     expect(loadConfig({}, { SHIMMY_SYNC_GREEDY: "0" })).toMatchObject({ syncGreedy: false });
     expect(loadConfig({}, { SHIMMY_THREADPOOL: "0", SHIMMY_THREADPOOL_POLL: "50" })).toMatchObject({ threadpool: false, threadpoolPoll: 50 });
     expect(() => loadConfig({}, { SHIMMY_THREADPOOL_POLL: "101" })).toThrow(/SHIMMY_THREADPOOL_POLL/);

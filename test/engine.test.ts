@@ -1,6 +1,6 @@
 /** Needs a model: the engine over the real node-llama-cpp with generated GGUF files. */
 import { afterAll, beforeAll, describe, expect, test, setDefaultTimeout } from "bun:test";
-import { copyFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import type { Engine } from "../src/engine/engine.ts";
 import { ModelLoadError, ModelNotFoundError, PromptTooLongError } from "../src/errors.ts";
@@ -414,9 +414,9 @@ describe("engine", () => {
       const err = await e.load("m").catch((x) => x);
       expect(err.status).toBe(502);
       expect(err.message).toMatch(/not a readable GGUF file|truncated/);
-      // Deleted while loaded (mmap on, the default): the mapping keeps the old file alive.
+      // Deleted while loaded, memory-mapped: the mapping keeps the old file alive.
       copyFileSync(fx.tiny, file);
-      const mm = new Engine(new ModelRegistry({ modelDirs: [dir] }, dir, { roots: [{ kind: "dir", path: dir }] }), { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: 512, chatTemplate: "auto" });
+      const mm = new Engine(new ModelRegistry({ modelDirs: [dir] }, dir, { roots: [{ kind: "dir", path: dir }] }), { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: 512, chatTemplate: "auto", mmap: true });
       try {
         await mm.load("m");
         fs.rmSync(file);
@@ -426,6 +426,39 @@ describe("engine", () => {
       }
     } finally {
       await e.close();
+    }
+  });
+
+  test("load mode: on the Linux CPU backend a model is read into memory by default (auto), mapped with mmap on; the rule", async () => {
+    const { Engine } = await import("../src/engine/engine.ts");
+    const { ModelRegistry } = await import("../src/engine/registry.ts");
+    const { chooseMmap } = await import("../src/engine/llama.ts");
+    const gib = 1024 ** 3;
+    // auto: read when CPU + Linux + the file takes at most half the available memory.
+    expect(chooseMmap("auto", { platform: "linux", cpu: true, fileBytes: 4 * gib, availableBytes: 8 * gib })).toBe(false);
+    expect(chooseMmap(undefined, { platform: "linux", cpu: true, fileBytes: 4 * gib, availableBytes: 8 * gib })).toBe(false);
+    expect(chooseMmap("auto", { platform: "linux", cpu: true, fileBytes: 4 * gib + 1, availableBytes: 8 * gib })).toBe(true);
+    expect(chooseMmap("auto", { platform: "linux", cpu: false, fileBytes: gib, availableBytes: 8 * gib })).toBe(true);
+    expect(chooseMmap("auto", { platform: "darwin", cpu: true, fileBytes: gib, availableBytes: 8 * gib })).toBe(true);
+    expect(chooseMmap(true, { platform: "linux", cpu: true, fileBytes: gib, availableBytes: 8 * gib })).toBe(true);
+    expect(chooseMmap(false, { platform: "darwin", cpu: false, fileBytes: 9 * gib, availableBytes: 8 * gib })).toBe(false);
+    if (process.platform !== "linux") return;
+    const dir = path.join(fx.dir, "load-mode");
+    require("node:fs").mkdirSync(dir);
+    const file = path.join(dir, "lm.gguf");
+    copyFileSync(fx.tiny, file);
+    const mapped = () => readFileSync("/proc/self/maps", "utf8").includes(file);
+    for (const [mmap, expected] of [[undefined, false], [true, true]] as const) {
+      const e = new Engine(new ModelRegistry({ modelDirs: [dir] }, dir, { roots: [{ kind: "dir", path: dir }] }), { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: 512, chatTemplate: "auto", ...(mmap === undefined ? {} : { mmap }) });
+      try {
+        const loaded = await e.load("lm");
+        expect((loaded.native as unknown as { mapped: boolean }).mapped).toBe(expected);
+        expect(mapped()).toBe(expected);
+        expect((await e.complete("lm", { prompt: "hello", ...greedy, maxTokens: 4 })).timings.generatedTokens).toBe(4);
+      } finally {
+        await e.close();
+      }
+      expect(mapped()).toBe(false);
     }
   });
 

@@ -81,7 +81,7 @@ export function configFrom(args: Flags, rawArgs: readonly string[] = []): Config
       maxBody: str("max-body"),
       logFormat: str("log-format") as "text" | "json" | undefined,
       logPrompts: args["log-prompts"] === true ? true : undefined,
-      mmap: args["no-mmap"] === true || args.mmap === false ? false : undefined,
+      mmap: args["no-mmap"] === true || args.mmap === false ? false : args.mmap === true ? true : undefined,
       playground: args["no-playground"] === true || args.playground === false ? false : undefined,
     });
     setLogLevel(config.logLevel);

@@ -192,8 +192,8 @@ export interface BackendOptions {
   maxQueue?: number;
   /** Concurrent generations per model (sequences of one context). Default 4. */
   parallel?: number;
-  /** Memory-map model files (default true); false reads them into memory, safe against files changed on disk. */
-  mmap?: boolean;
+  /** Memory-map model files (true), read them into memory (false: safe against files changed on disk), or "auto" (the default): read on the CPU backend on Linux when the file takes at most half the available memory (see chooseMmap in llama.ts). */
+  mmap?: boolean | "auto";
   /** Every decode step waits for a token of every generating sequence (default true); false keeps node-llama-cpp's own scheduling. */
   fullBatches?: boolean;
   /** Persistent llama.cpp CPU threadpools per context (default true; Linux); false keeps node-llama-cpp's threads per decode. */
