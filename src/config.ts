@@ -78,6 +78,8 @@ export interface Config {
   directDecode: boolean;
   /** Greedy requests (temperature 0, no penalties or logit bias) on shimmy's decode loop take the argmax of llama.cpp's logits synchronously instead of an async native sampling call per token (Linux). Default true. Env `SHIMMY_SYNC_GREEDY=0` turns it off (node-llama-cpp's sampler), for comparison. */
   syncGreedy: boolean;
+  /** On the CPU backend (Linux), a loaded model's buffers (weights read into memory, KV cache) move onto transparent huge pages. Default true. Env `SHIMMY_HUGEPAGES=0` turns it off. */
+  hugepages: boolean;
   /** Serve the browser playground at `/`. Default true. Env `SHIMMY_PLAYGROUND=0`, flag `--no-playground`. */
   playground: boolean;
   /** Log level for stderr: error | warn | info | debug. Default info. Env `SHIMMY_LOG`. */
@@ -272,6 +274,7 @@ export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, 
     fullBatches: !["0", "false", "no", "off"].includes((env.SHIMMY_FULL_BATCHES ?? "").toLowerCase()),
     threadpool: !["0", "false", "no", "off"].includes((env.SHIMMY_THREADPOOL ?? "").toLowerCase()),
     threadpoolPoll: parseIntSetting("SHIMMY_THREADPOOL_POLL", env.SHIMMY_THREADPOOL_POLL, 0, 100) ?? 0,
+    hugepages: !["0", "false", "no", "off"].includes((env.SHIMMY_HUGEPAGES ?? "").toLowerCase()),
     syncGreedy: !["0", "false", "no", "off"].includes((env.SHIMMY_SYNC_GREEDY ?? "").toLowerCase()),
     directDecode: !["0", "false", "no", "off"].includes((env.SHIMMY_DIRECT_DECODE ?? "").toLowerCase()),
     playground: overrides.playground ?? !["0", "false", "no", "off"].includes((env.SHIMMY_PLAYGROUND ?? "").toLowerCase()),

@@ -35,7 +35,8 @@ describe("config", () => {
   test("persistent threadpools: on by default, SHIMMY_THREADPOOL=0 turns them off; SHIMMY_THREADPOOL_POLL is 0..100 (default 0)", () => {
     expect(loadConfig({}, {})).toMatchObject({ threadpool: true, threadpoolPoll: 0, directDecode: true });
     expect(loadConfig({}, { SHIMMY_DIRECT_DECODE: "0" })).toMatchObject({ directDecode: false });
-    expect(loadConfig({}, {})).toMatchObject({ syncGreedy: true, mmap: "auto" });
+    expect(loadConfig({}, {})).toMatchObject({ syncGreedy: true, mmap: "auto", hugepages: true });
+    expect(loadConfig({}, { SHIMMY_HUGEPAGES: "0" })).toMatchObject({ hugepages: false });
     expect(loadConfig({}, { SHIMMY_MMAP: "0" })).toMatchObject({ mmap: false });
     expect(loadConfig({}, { SHIMMY_MMAP: "1" })).toMatchObject({ mmap: true });
     expect(loadConfig({}, { SHIMMY_MMAP: "auto" })).toMatchObject({ mmap: "auto" });

@@ -47,6 +47,7 @@ import { nativeBuildInfo } from "./runtime.ts";
 import { StopMatcher } from "./stop.ts";
 import { installThreadpools, threadpoolStats } from "./threadpool.ts";
 import { greedyFor, installGreedy } from "./greedy.ts";
+import { installHugepages } from "./hugepages.ts";
 import { existingStepper, type NativeContext as NativeContextLike, stepperFor } from "./stepper.ts";
 import type { BackendInfo, BackendOptions, ChatMessage, FinishReason, GenerateOptions, GenerateResult, LoraAdapter, ModelEntry, ModelMeta, TokenLogprob, ToolCall, ToolDefinition } from "./types.ts";
 
@@ -240,6 +241,7 @@ export async function openBackend(opts: BackendOptions): Promise<NativeBackend> 
   }
   await installThreadpools(opts.threadpool !== false, opts.threadpoolPoll, llama.gpu);
   await installGreedy(opts.syncGreedy !== false && opts.directDecode !== false, llama.gpu);
+  await installHugepages(opts.hugepages !== false, llama.gpu);
   if (opts.gpu === "auto" && llama.gpu === false) {
     const why = await whyNoGpu();
     if (why.length) log.warn(`GPU: not used (${why.join("; ")}); running on CPU`);

@@ -204,6 +204,8 @@ export interface BackendOptions {
   directDecode?: boolean;
   /** Greedy requests on the decode loop are sampled synchronously from llama.cpp's logits (default true; Linux); false uses node-llama-cpp's sampler. */
   syncGreedy?: boolean;
+  /** On the CPU backend (Linux), the buffers a model load fills (weights read into memory, KV cache) move onto transparent huge pages (default true). */
+  hugepages?: boolean;
   /** Bytes a model load may need at most (weights + context estimate); default: the memory available now. */
   memoryLimit?: number;
   /** Cache dir and runtime dir override, for a single-file executable's native files (see runtime.ts). */

@@ -1,0 +1,62 @@
+/*
+ * Transparent huge pages for llama.cpp's big buffers (compiled at run time by bun:ffi's TinyCC; see
+ * hugepages.ts for why). No #include: the libc functions used are declared here, so it compiles
+ * without system headers.
+ *
+ * shimmy_hp_install points an import slot (GOT entry) of ggml_aligned_malloc, the allocator of
+ * llama.cpp's CPU buffers (weights read into memory, KV cache, compute buffers), at a wrapper that
+ * allocates as before and marks the 2 MiB-aligned interior of a large block MADV_HUGEPAGE before
+ * anything touches it, so its pages are faulted in as huge pages where the system's THP setting is
+ * `madvise` or `always`.
+ */
+
+int madvise(void *addr, unsigned long len, int advice);
+int mprotect(void *addr, unsigned long len, int prot);
+int getpagesize(void);
+
+#define MADV_HUGEPAGE 14
+#define HUGE (2ul << 20)
+#define MIN_BYTES (16ul << 20)
+
+typedef void *(*alloc_t)(unsigned long size);
+
+static alloc_t real_alloc;
+static volatile long marked_bytes;
+static volatile int marked_blocks;
+
+static void *hook_aligned_malloc(unsigned long size) {
+    void *p = real_alloc(size);
+    if (p && size >= MIN_BYTES) {
+        unsigned long start = ((unsigned long)p + HUGE - 1) & ~(HUGE - 1);
+        unsigned long end = ((unsigned long)p + size) & ~(HUGE - 1);
+        if (end > start && madvise((void *)start, end - start, MADV_HUGEPAGE) == 0) {
+            marked_bytes += (long)(end - start);
+            marked_blocks++;
+        }
+    }
+    return p;
+}
+
+/*
+ * slot: an import slot of ggml_aligned_malloc in a loaded ggml library; real: ggml's own function (not
+ * the PLT stub, so lazy binding can never write over the wrapper). The slot's page is made writable
+ * first (read-only under full RELRO). Returns 0 on success.
+ */
+int shimmy_hp_install(void **slot, void *real) {
+    unsigned long page = (unsigned long)getpagesize();
+    unsigned long start = (unsigned long)slot & ~(page - 1);
+    if (real_alloc && real_alloc != (alloc_t)real) return 1;
+    if (mprotect((void *)start, page, 3 /* PROT_READ | PROT_WRITE */) != 0) return 2;
+    real_alloc = (alloc_t)real;
+    *slot = (void *)hook_aligned_malloc;
+    return 0;
+}
+
+/* Bytes and blocks marked so far (for the debug log and tests). */
+long shimmy_hp_marked_bytes(void) {
+    return marked_bytes;
+}
+
+int shimmy_hp_marked_blocks(void) {
+    return marked_blocks;
+}

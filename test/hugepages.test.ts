@@ -1,0 +1,66 @@
+/**
+ * Transparent huge pages for llama.cpp's big CPU buffers (src/engine/hugepages.ts): blocks of 16 MiB
+ * or more that ggml allocates ask for huge pages before they are touched; small ones are left alone.
+ */
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import { Engine } from "../src/engine/engine.ts";
+import { hugepagesStats, thpMode } from "../src/engine/hugepages.ts";
+import { ModelRegistry } from "../src/engine/registry.ts";
+import { loadedGgml } from "../src/engine/threadpool.ts";
+import { makeFixtures } from "./helpers.ts";
+
+let fx: Awaited<ReturnType<typeof makeFixtures>>;
+let engine: Engine;
+
+beforeAll(async () => {
+  fx = await makeFixtures();
+  engine = new Engine(new ModelRegistry({ modelDirs: [fx.dir] }, fx.dir), { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: 512, chatTemplate: "auto", parallel: 1 });
+  await engine.load("tiny");
+});
+afterAll(async () => {
+  await engine.close();
+});
+
+test("thpMode reads the bracketed mode", () => {
+  expect(thpMode("always [madvise] never")).toBe("madvise");
+  expect(thpMode("[always] madvise never")).toBe("always");
+  expect(thpMode("always madvise [never]")).toBe("never");
+  expect(thpMode("garbage")).toBeUndefined();
+});
+
+test("a ggml CPU buffer of 16 MiB or more asks for huge pages and gets them; a small one does not", async () => {
+  const thp = thpMode();
+  if (process.platform !== "linux" || thp === "never" || thp === undefined) return;
+  expect(hugepagesStats().installed).toBe(true);
+  const { dlopen, FFIType, toArrayBuffer } = await import("bun:ffi");
+  const base = loadedGgml(false).base!;
+  const g = dlopen(base, {
+    ggml_backend_cpu_buffer_type: { args: [], returns: FFIType.ptr },
+    ggml_backend_buft_alloc_buffer: { args: [FFIType.ptr, FFIType.u64], returns: FFIType.ptr },
+    ggml_backend_buffer_get_base: { args: [FFIType.ptr], returns: FFIType.ptr },
+    ggml_backend_buffer_free: { args: [FFIType.ptr], returns: FFIType.void },
+  });
+  const huge = () => Number(/AnonHugePages:\s+(\d+)/.exec(readFileSync("/proc/self/smaps_rollup", "utf8"))![1]) * 1024;
+  try {
+    const buft = g.symbols.ggml_backend_cpu_buffer_type();
+    // Allocated through ggml's own allocator (ggml_aligned_malloc, called through its import table).
+    const before = hugepagesStats();
+    const small = g.symbols.ggml_backend_buft_alloc_buffer(buft, 1 << 20);
+    // The 1 MiB buffer is not marked.
+    expect(hugepagesStats()).toEqual(before);
+    const size = 64 * 1024 * 1024;
+    const buf = g.symbols.ggml_backend_buft_alloc_buffer(buft, size);
+    const after = hugepagesStats();
+    expect(after.blocks).toBe(before.blocks + 1);
+    expect(after.bytes - before.bytes).toBeGreaterThanOrEqual(size - 4 * 1024 * 1024);
+    // Touching it faults in huge pages (THP madvise or always).
+    const hugeBefore = huge();
+    new Uint8Array(toArrayBuffer(g.symbols.ggml_backend_buffer_get_base(buf)!, 0, size)).fill(1);
+    expect(huge() - hugeBefore).toBeGreaterThanOrEqual(32 * 1024 * 1024);
+    g.symbols.ggml_backend_buffer_free(buf);
+    g.symbols.ggml_backend_buffer_free(small);
+  } finally {
+    g.close();
+  }
+});
