@@ -32,7 +32,7 @@ test("thpMode reads the bracketed mode", () => {
 test("a ggml CPU buffer of 16 MiB or more asks for huge pages and gets them; a small one does not", async () => {
   const thp = thpMode();
   if (process.platform !== "linux" || thp === "never" || thp === undefined) return;
-  expect(hugepagesStats().installed).toBe(true);
+  expect(hugepagesStats()).toMatchObject({ installed: true });
   const { dlopen, FFIType, toArrayBuffer } = await import("bun:ffi");
   const base = loadedGgml(false).base!;
   const g = dlopen(base, {

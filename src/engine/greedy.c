@@ -16,6 +16,28 @@ typedef int (*n_threads_t)(void *ctx);
 int mprotect(void *addr, unsigned long len, int prot);
 int getpagesize(void);
 
+
+char *getenv(const char *name);
+int setenv(const char *name, const char *value, int overwrite);
+int snprintf(char *buf, unsigned long size, const char *fmt, ...);
+unsigned long strtoul(const char *s, char **end, int base);
+
+/*
+ * The wrapper a previous copy of this code installed in this process, if any: shimmy's module can be
+ * evaluated more than once in a process (bun test --parallel gives each test file fresh globals), and
+ * the process-wide environment is the one place all copies share. Its slots may be taken over.
+ */
+static void *previous_hook(const char *var) {
+    const char *v = getenv(var);
+    return v ? (void *)strtoul(v, 0, 16) : 0;
+}
+
+static void remember_hook(const char *var, void *hook) {
+    char buf[32];
+    snprintf(buf, sizeof buf, "%lx", (unsigned long)hook);
+    setenv(var, buf, 1);
+}
+
 static n_threads_t real_n_threads;
 static void *volatile captured;
 static volatile int armed;
@@ -40,7 +62,13 @@ int shimmy_gr_install(void **slot, void *real) {
     if (mprotect((void *)start, page, 3 /* PROT_READ | PROT_WRITE */) != 0) return 2;
     real_n_threads = (n_threads_t)real;
     *slot = (void *)hook_n_threads;
+    remember_hook("SHIMMY_GREEDY_HOOK", (void *)hook_n_threads);
     return 0;
+}
+
+/* The wrapper an earlier copy of this code installed in this process (0 if none). */
+void *shimmy_gr_previous(void) {
+    return previous_hook("SHIMMY_GREEDY_HOOK");
 }
 
 /* The next llama_n_threads call through the addon records its context. */

@@ -37,6 +37,7 @@ interface Native {
   shimmy_gr_install: (slot: number, real: unknown) => number;
   shimmy_gr_arm: () => void;
   shimmy_gr_take: () => number | null;
+  shimmy_gr_previous: () => number | null;
 }
 
 interface Llama {
@@ -86,6 +87,12 @@ function sourceFile(): string {
  * `gpu` picks the loaded build as threadpool.ts does. Never throws.
  */
 export async function installGreedy(enabled = true, gpu: string | false = false): Promise<GreedyState> {
+  // Turned off for this engine: nothing is installed (another engine of the process may still install it).
+  if (!enabled) {
+    const off = { installed: false, reason: "turned off (SHIMMY_SYNC_GREEDY=0, or SHIMMY_DIRECT_DECODE=0)" };
+    log.debug(`sampling: node-llama-cpp's sampler for every request: ${off.reason}`);
+    return off;
+  }
   if (state) return state;
   state = await install(enabled, gpu);
   log.debug(state.installed ? "sampling: greedy requests sampled synchronously" : `sampling: node-llama-cpp's sampler for every request: ${state.reason}`);
@@ -93,7 +100,7 @@ export async function installGreedy(enabled = true, gpu: string | false = false)
 }
 
 async function install(enabled: boolean, gpu: string | false): Promise<GreedyState> {
-  if (!enabled) return { installed: false, reason: "turned off (SHIMMY_SYNC_GREEDY=0)" };
+  if (!enabled) return { installed: false, reason: "turned off (SHIMMY_SYNC_GREEDY=0, or SHIMMY_DIRECT_DECODE=0)" };
   if (process.platform !== "linux") return { installed: false, reason: `not available on ${process.platform}` };
   try {
     const ffi = await import("bun:ffi");
@@ -125,19 +132,21 @@ async function install(enabled: boolean, gpu: string | false): Promise<GreedySta
     });
     keep.push(l);
     const real = (l.symbols.llama_n_threads as unknown as { ptr: number }).ptr;
-    // The slot holds llama.cpp's function (bound) or a stub inside the addon (not bound yet).
-    const current = read.ptr(slot as never);
-    if (current !== real && !(current >= where.start && current < where.end)) return { installed: false, reason: "the addon's llama_n_threads slot holds an unexpected address" };
     const compiled = cc({
       source: sourceFile(),
       symbols: {
-        shimmy_gr_install: { args: [FFIType.ptr, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+        shimmy_gr_install: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
         shimmy_gr_arm: { args: [], returns: FFIType.void },
         shimmy_gr_take: { args: [], returns: FFIType.ptr },
+        shimmy_gr_previous: { args: [], returns: FFIType.ptr },
       },
     });
     keep.push(compiled);
     const s = compiled.symbols as unknown as Native;
+    // The slot holds llama.cpp's function (bound), a stub inside the addon (not bound yet), or the
+    // wrapper an earlier evaluation of this module installed in this process.
+    const current = read.ptr(slot as never);
+    if (current !== real && !(current >= where.start && current < where.end) && current !== s.shimmy_gr_previous()) return { installed: false, reason: "the addon's llama_n_threads slot holds an unexpected address" };
     const rc = s.shimmy_gr_install(slot, real);
     if (rc !== 0) return { installed: false, reason: rc === 2 ? "the addon's import table could not be made writable" : `install returned ${rc}` };
     native = s;

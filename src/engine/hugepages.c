@@ -20,6 +20,28 @@ int getpagesize(void);
 
 typedef void *(*alloc_t)(unsigned long size);
 
+
+char *getenv(const char *name);
+int setenv(const char *name, const char *value, int overwrite);
+int snprintf(char *buf, unsigned long size, const char *fmt, ...);
+unsigned long strtoul(const char *s, char **end, int base);
+
+/*
+ * The wrapper a previous copy of this code installed in this process, if any: shimmy's module can be
+ * evaluated more than once in a process (bun test --parallel gives each test file fresh globals), and
+ * the process-wide environment is the one place all copies share. Its slots may be taken over.
+ */
+static void *previous_hook(const char *var) {
+    const char *v = getenv(var);
+    return v ? (void *)strtoul(v, 0, 16) : 0;
+}
+
+static void remember_hook(const char *var, void *hook) {
+    char buf[32];
+    snprintf(buf, sizeof buf, "%lx", (unsigned long)hook);
+    setenv(var, buf, 1);
+}
+
 static alloc_t real_alloc;
 static volatile long marked_bytes;
 static volatile int marked_blocks;
@@ -49,7 +71,13 @@ int shimmy_hp_install(void **slot, void *real) {
     if (mprotect((void *)start, page, 3 /* PROT_READ | PROT_WRITE */) != 0) return 2;
     real_alloc = (alloc_t)real;
     *slot = (void *)hook_aligned_malloc;
+    remember_hook("SHIMMY_HUGEPAGES_HOOK", (void *)hook_aligned_malloc);
     return 0;
+}
+
+/* The wrapper an earlier copy of this code installed in this process (0 if none). */
+void *shimmy_hp_previous(void) {
+    return previous_hook("SHIMMY_HUGEPAGES_HOOK");
 }
 
 /* Bytes and blocks marked so far (for the debug log and tests). */

@@ -36,6 +36,7 @@ interface Native {
   shimmy_hp_install: (slot: number, real: number) => number;
   shimmy_hp_marked_bytes: () => number | bigint;
   shimmy_hp_marked_blocks: () => number;
+  shimmy_hp_previous: () => number | null;
 }
 
 let state: HugepagesState | undefined;
@@ -51,9 +52,9 @@ export function thpMode(text?: string): string | undefined {
   }
 }
 
-/** Blocks and bytes marked for huge pages so far. */
-export function hugepagesStats(): { installed: boolean; blocks: number; bytes: number } {
-  if (!native) return { installed: false, blocks: 0, bytes: 0 };
+/** Blocks and bytes marked for huge pages so far; why not installed, when not. */
+export function hugepagesStats(): { installed: boolean; blocks: number; bytes: number; reason?: string } {
+  if (!native) return { installed: false, blocks: 0, bytes: 0, reason: state?.reason ?? "not installed yet" };
   return { installed: true, blocks: native.shimmy_hp_marked_blocks(), bytes: Number(native.shimmy_hp_marked_bytes()) };
 }
 
@@ -74,6 +75,13 @@ function sourceFile(): string {
  * before models are loaded. `gpu` picks the loaded build as threadpool.ts does. Never throws.
  */
 export async function installHugepages(enabled = true, gpu: string | false = false): Promise<HugepagesState> {
+  // Turned off: nothing is installed now. Once installed (by another engine of the process), the
+  // wrapper stays for the life of the process.
+  if (!enabled) {
+    const off = { installed: false, reason: "turned off (SHIMMY_HUGEPAGES=0)" };
+    log.debug(`hugepages: not used: ${off.reason}`);
+    return off;
+  }
   if (state) return state;
   state = await install(enabled, gpu);
   log.debug(state.installed ? `hugepages: llama.cpp's CPU buffers of 16 MiB or more ask for transparent huge pages (THP ${state.thp ?? "?"})` : `hugepages: not used: ${state.reason}`);
@@ -101,6 +109,18 @@ async function install(enabled: boolean, gpu: string | false): Promise<Hugepages
     const b = dlopen(base, { ggml_aligned_malloc: { args: [FFIType.u64], returns: FFIType.ptr } });
     keep.push(b);
     const real = (b.symbols.ggml_aligned_malloc as unknown as { ptr: number }).ptr;
+    const compiled = cc({
+      source: sourceFile(),
+      symbols: {
+        shimmy_hp_install: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+        shimmy_hp_marked_bytes: { args: [], returns: FFIType.i64_fast },
+        shimmy_hp_marked_blocks: { args: [], returns: FFIType.i32 },
+        shimmy_hp_previous: { args: [], returns: FFIType.ptr },
+      },
+    });
+    keep.push(compiled);
+    const s = compiled.symbols as unknown as Native;
+    const previous = s.shimmy_hp_previous();
     const slots: number[] = [];
     for (const lib of libs) {
       const elf = readFileSync(lib);
@@ -108,23 +128,14 @@ async function install(enabled: boolean, gpu: string | false): Promise<Hugepages
       if (!where) continue;
       for (const offset of importSlots(elf, "ggml_aligned_malloc")) {
         const slot = where.start - firstLoadAddress(elf) + offset;
-        // The slot holds ggml's function (bound) or a stub inside that library (not bound yet).
+        // The slot holds ggml's function (bound), a stub inside that library (not bound yet), or the
+        // wrapper an earlier evaluation of this module installed in this process.
         const current = read.ptr(slot as never);
-        if (current !== real && !(current >= where.start && current < where.end)) return { installed: false, reason: `${path.basename(lib)}'s ggml_aligned_malloc slot holds an unexpected address`, thp };
+        if (current !== real && !(current >= where.start && current < where.end) && current !== previous) return { installed: false, reason: `${path.basename(lib)}'s ggml_aligned_malloc slot holds an unexpected address`, thp };
         slots.push(slot);
       }
     }
     if (!slots.length) return { installed: false, reason: "no import slot of ggml_aligned_malloc found", thp };
-    const compiled = cc({
-      source: sourceFile(),
-      symbols: {
-        shimmy_hp_install: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
-        shimmy_hp_marked_bytes: { args: [], returns: FFIType.i64_fast },
-        shimmy_hp_marked_blocks: { args: [], returns: FFIType.i32 },
-      },
-    });
-    keep.push(compiled);
-    const s = compiled.symbols as unknown as Native;
     for (const slot of slots) {
       const rc = s.shimmy_hp_install(slot, real);
       if (rc !== 0) return { installed: false, reason: rc === 2 ? "an import table could not be made writable" : `install returned ${rc}`, thp };

@@ -381,7 +381,7 @@ export class NativeBackend {
       const context = await makeContext(entry.loras ?? []);
       // Vulkan decodes through node-llama-cpp's dispatcher, which serialises decodes across contexts (a Vulkan crash workaround).
       const direct = this.opts.directDecode !== false && this.llama.gpu !== "vulkan";
-      return new NativeModel(model, context, entry.loras ?? [], makeContext, this.opts.chatTemplates?.[entry.name] ?? this.opts.chatTemplate, threads, this.opts.maxQueue, direct, useMmap);
+      return new NativeModel(model, context, entry.loras ?? [], makeContext, this.opts.chatTemplates?.[entry.name] ?? this.opts.chatTemplate, threads, this.opts.maxQueue, direct, useMmap, this.opts.syncGreedy !== false);
     } catch (err) {
       await model?.dispose().catch(() => {});
       if (err instanceof InsufficientMemoryError) throw new OverloadedError(`not enough memory to load ${entry.name}: ${err.message}; unload a model, lower --parallel or --ctx-size`, { cause: err });
@@ -730,6 +730,8 @@ export class NativeModel {
     private readonly directDecode = true,
     /** The weights are memory-mapped from the file (else read into memory; see chooseMmap). */
     readonly mapped = true,
+    /** Greedy requests on the decode loop are sampled synchronously where greedy.ts is installed. */
+    private readonly syncGreedy = true,
   ) {
     this.pool = new SlotPool(context, loras, maxQueue);
   }
@@ -1157,7 +1159,7 @@ export class NativeModel {
       return native.sampleToken(idx, sampler) as Promise<number>;
     };
     // Greedy requests: the argmax of llama.cpp's logits, synchronously (greedy.ts).
-    const greedy = sampling.temperature <= 0 && !sampling.tokenBias && !penalty ? greedyFor((context as unknown as { _ctx: NativeContextLike & { getThreads(): number; getContextSize(): number } })._ctx) : undefined;
+    const greedy = this.syncGreedy && sampling.temperature <= 0 && !sampling.tokenBias && !penalty ? greedyFor((context as unknown as { _ctx: NativeContextLike & { getThreads(): number; getContextSize(): number } })._ctx) : undefined;
     const sample = greedy ? (native: NativeContextLike, idx: number) => greedy.sample(idx, () => nativeSample(native, idx)) : nativeSample;
     const stepper = stepperFor(context, () => runTruncations(context), () => POOLS.get(context)?.busy ?? 0);
     const finishStop = (): GenerateResult => {
