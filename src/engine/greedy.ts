@@ -19,11 +19,10 @@
  * does not match, shimmy samples with node-llama-cpp and says why in the debug log.
  * `SHIMMY_SYNC_GREEDY=0` turns it off.
  */
-import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { log } from "../log.ts";
+import { hookSourceFile } from "./native-source.ts";
 import source from "./greedy.c" with { type: "text" };
 import { firstLoadAddress, importSlots, mapping } from "./elf.ts";
 import { loadedGgml } from "./threadpool.ts";
@@ -68,18 +67,6 @@ let toArrayBuffer: ((ptr: never, offset: number, length: number) => ArrayBuffer)
 /** Counters for tests and the debug log: tokens sampled synchronously, contexts that verified. */
 export function greedyStats(): { installed: boolean; sampled: number } {
   return { installed: !!native, sampled };
-}
-
-function sourceFile(): string {
-  const dir = path.join(os.tmpdir(), "shimmy-native");
-  const file = path.join(dir, `greedy-${createHash("sha256").update(source).digest("hex").slice(0, 12)}.c`);
-  if (!existsSync(file)) {
-    mkdirSync(dir, { recursive: true });
-    const tmp = `${file}.${process.pid}.tmp`;
-    writeFileSync(tmp, source);
-    renameSync(tmp, file);
-  }
-  return file;
 }
 
 /**
@@ -133,7 +120,7 @@ async function install(enabled: boolean, gpu: string | false): Promise<GreedySta
     keep.push(l);
     const real = (l.symbols.llama_n_threads as unknown as { ptr: number }).ptr;
     const compiled = cc({
-      source: sourceFile(),
+      source: hookSourceFile("greedy", source),
       symbols: {
         shimmy_gr_install: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
         shimmy_gr_arm: { args: [], returns: FFIType.void },

@@ -21,26 +21,7 @@ int getpagesize(void);
 typedef void *(*alloc_t)(unsigned long size);
 
 
-char *getenv(const char *name);
-int setenv(const char *name, const char *value, int overwrite);
-int snprintf(char *buf, unsigned long size, const char *fmt, ...);
-unsigned long strtoul(const char *s, char **end, int base);
-
-/*
- * The wrapper a previous copy of this code installed in this process, if any: shimmy's module can be
- * evaluated more than once in a process (bun test --parallel gives each test file fresh globals), and
- * the process-wide environment is the one place all copies share. Its slots may be taken over.
- */
-static void *previous_hook(const char *var) {
-    const char *v = getenv(var);
-    return v ? (void *)strtoul(v, 0, 16) : 0;
-}
-
-static void remember_hook(const char *var, void *hook) {
-    char buf[32];
-    snprintf(buf, sizeof buf, "%lx", (unsigned long)hook);
-    setenv(var, buf, 1);
-}
+/* previous_hook and remember_hook: hook-marker.c, put in front of this file at compile time. */
 
 static alloc_t real_alloc;
 static volatile long marked_bytes;

@@ -16,11 +16,10 @@
  * Where it cannot apply (not Linux, THP `never`, anything unexpected), nothing changes;
  * `SHIMMY_HUGEPAGES=0` turns it off.
  */
-import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { log } from "../log.ts";
+import { hookSourceFile } from "./native-source.ts";
 import { firstLoadAddress, importSlots, mapping } from "./elf.ts";
 import source from "./hugepages.c" with { type: "text" };
 import { loadedGgml } from "./threadpool.ts";
@@ -56,18 +55,6 @@ export function thpMode(text?: string): string | undefined {
 export function hugepagesStats(): { installed: boolean; blocks: number; bytes: number; reason?: string } {
   if (!native) return { installed: false, blocks: 0, bytes: 0, reason: state?.reason ?? "not installed yet" };
   return { installed: true, blocks: native.shimmy_hp_marked_blocks(), bytes: Number(native.shimmy_hp_marked_bytes()) };
-}
-
-function sourceFile(): string {
-  const dir = path.join(os.tmpdir(), "shimmy-native");
-  const file = path.join(dir, `hugepages-${createHash("sha256").update(source).digest("hex").slice(0, 12)}.c`);
-  if (!existsSync(file)) {
-    mkdirSync(dir, { recursive: true });
-    const tmp = `${file}.${process.pid}.tmp`;
-    writeFileSync(tmp, source);
-    renameSync(tmp, file);
-  }
-  return file;
 }
 
 /**
@@ -110,7 +97,7 @@ async function install(enabled: boolean, gpu: string | false): Promise<Hugepages
     keep.push(b);
     const real = (b.symbols.ggml_aligned_malloc as unknown as { ptr: number }).ptr;
     const compiled = cc({
-      source: sourceFile(),
+      source: hookSourceFile("hugepages", source),
       symbols: {
         shimmy_hp_install: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
         shimmy_hp_marked_bytes: { args: [], returns: FFIType.i64_fast },

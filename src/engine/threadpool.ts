@@ -14,11 +14,10 @@
  * shimmy runs with node-llama-cpp's default and says why in the debug log. `SHIMMY_THREADPOOL=0`
  * turns it off.
  */
-import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { log } from "../log.ts";
+import { nativeSourceFile } from "./native-source.ts";
 import source from "./threadpool.c" with { type: "text" };
 
 /**
@@ -75,19 +74,6 @@ export function loadedGgml(gpu: string | false, maps?: string): { ggml?: string;
   return { ggml, base };
 }
 
-/** Writes the C source where TinyCC can read it (bun:ffi's cc takes a path), once per content. */
-function sourceFile(): string {
-  const dir = path.join(os.tmpdir(), "shimmy-native");
-  const file = path.join(dir, `threadpool-${createHash("sha256").update(source).digest("hex").slice(0, 12)}.c`);
-  if (!existsSync(file)) {
-    mkdirSync(dir, { recursive: true });
-    const tmp = `${file}.${process.pid}.tmp`;
-    writeFileSync(tmp, source);
-    renameSync(tmp, file);
-  }
-  return file;
-}
-
 /**
  * Installs the persistent-pool wrappers into the loaded CPU backend, once per process. Call after
  * node-llama-cpp has loaded llama.cpp (getLlama) and before contexts are created; contexts that exist
@@ -114,7 +100,7 @@ async function install(enabled: boolean, poll: number, gpu: string | false): Pro
     const reg = ggml.symbols.ggml_backend_reg_by_name(Buffer.from("CPU\0"));
     if (!reg) return { installed: false, reason: "no CPU backend registered" };
     const compiled = cc({
-      source: sourceFile(),
+      source: nativeSourceFile("threadpool", source),
       symbols: {
         shimmy_tp_install: { args: [FFIType.ptr, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
         shimmy_tp_created: { args: [], returns: FFIType.i32 },
