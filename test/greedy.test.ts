@@ -9,7 +9,7 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import { Engine } from "../src/engine/engine.ts";
 import { argmax, GreedyContext, greedyFor, greedyStats } from "../src/engine/greedy.ts";
-import { importSlots } from "../src/engine/elf.ts";
+import { importSlots, replaceable } from "../src/engine/elf.ts";
 import { ModelRegistry } from "../src/engine/registry.ts";
 import type { GenerateOptions } from "../src/engine/types.ts";
 import { makeFixtures } from "./helpers.ts";
@@ -39,6 +39,17 @@ test("argmax picks the first of equal maxima, as llama.cpp's greedy sampler does
   expect(argmax(Float32Array.of(1, 3, 3, 2))).toBe(1);
   expect(argmax(Float32Array.of(-Infinity, -1, -2))).toBe(1);
   expect(argmax(Float32Array.of(5))).toBe(0);
+});
+
+test("an import slot is taken over only from the function itself, its own library's stub, or an earlier shimmy wrapper", () => {
+  const where = { start: 0x1000, end: 0x9000 };
+  expect(replaceable(0x50000, 0x50000, where, null)).toBe(true);
+  expect(replaceable(0x2000, 0x50000, where, null)).toBe(true);
+  expect(replaceable(0x70000, 0x50000, where, 0x70000)).toBe(true);
+  // Someone else's hook, or an unreadable slot: left alone.
+  expect(replaceable(0x70000, 0x50000, where, null)).toBe(false);
+  expect(replaceable(0x70000, 0x50000, where, 0x80000)).toBe(false);
+  expect(replaceable(null, 0x50000, where, null)).toBe(false);
 });
 
 test("the wrapper is installed on Linux, through the addon's one import slot for llama_n_threads", async () => {

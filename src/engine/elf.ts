@@ -3,6 +3,39 @@
  * outside it: the slots through which it calls a function, and where the file is mapped. Used by
  * greedy.ts and hugepages.ts, whose TinyCC code writes wrappers into those slots.
  */
+import { readFileSync } from "node:fs";
+
+/** The files mapped into this process, from /proc/self/maps text. */
+export function mappedFiles(maps: string): Set<string> {
+  const files = new Set<string>();
+  for (const line of maps.split("\n")) {
+    const i = line.indexOf("/");
+    if (i >= 0) files.add(line.slice(i).replace(/ \(deleted\)$/, ""));
+  }
+  return files;
+}
+
+/**
+ * The addresses, in this process, of the import slots through which the mapped shared object `file`
+ * calls `symbol`, and the address range the file is mapped at; undefined when it is not mapped.
+ */
+export function slotAddresses(file: string, symbol: string, maps: string): { slots: number[]; start: number; end: number } | undefined {
+  const where = mapping(file, maps);
+  if (!where) return undefined;
+  const elf = readFileSync(file);
+  const bias = where.start - firstLoadAddress(elf);
+  return { slots: importSlots(elf, symbol).map((offset) => bias + offset), ...where };
+}
+
+/**
+ * Whether an import slot holds something shimmy may replace: the function itself (already bound), a
+ * stub inside the slot's own library (not bound yet), or `previous`, the wrapper an earlier copy of
+ * shimmy's code installed in this process (hook-marker.c).
+ */
+export function replaceable(current: number | null, real: number, where: { start: number; end: number }, previous: number | null): boolean {
+  if (current === null) return false;
+  return current === real || (current >= where.start && current < where.end) || (previous !== null && current === previous);
+}
 
 const R_JUMP_SLOT = new Set([7 /* x86_64 */, 1026 /* aarch64 */]);
 const R_GLOB_DAT = new Set([6 /* x86_64 */, 1025 /* aarch64 */]);
@@ -41,7 +74,7 @@ export function importSlots(elf: Uint8Array, symbol: string): number[] {
 }
 
 /** The lowest PT_LOAD address of an ELF64 file (what its first mapping's start corresponds to). */
-export function firstLoadAddress(elf: Uint8Array): number {
+function firstLoadAddress(elf: Uint8Array): number {
   const dv = new DataView(elf.buffer, elf.byteOffset, elf.byteLength);
   const phoff = Number(dv.getBigUint64(0x20, true));
   const phentsize = dv.getUint16(0x36, true);
@@ -55,7 +88,7 @@ export function firstLoadAddress(elf: Uint8Array): number {
 }
 
 /** Where a mapped file's offset 0 starts, and the end of its last mapping (from /proc/self/maps). */
-export function mapping(file: string, maps: string): { start: number; end: number } | undefined {
+function mapping(file: string, maps: string): { start: number; end: number } | undefined {
   let start: number | undefined;
   let end = 0;
   for (const line of maps.split("\n")) {

@@ -6,7 +6,7 @@
  * 64-token greedy generations), that call took 170-250 us per token on average, against 13-19 us for a
  * step whose sampling cost nothing: 1.5-2% of a 12 ms decode step. For greedy requests (temperature 0,
  * no penalties, no logit bias, no grammar) sampling is only an argmax over the token's logits, which
- * llama.cpp keeps in host memory after the decode. greedy.c does it synchronously, on the JavaScript
+ * llama.cpp keeps in host memory after the decode. It is taken here, synchronously, on the JavaScript
  * thread, between the decode and the next one (the logits cannot change then: the decode loop holds
  * the context's lock).
  *
@@ -14,7 +14,7 @@
  * expose. greedy.c wraps llama_n_threads in the addon's import table (its GOT entry, found from the
  * addon file's ELF relocations and /proc/self/maps), and the addon's synchronous `getThreads()` passes
  * the pointer through the wrapper. A pointer is used only after it checks out: llama.cpp must report
- * the context's size for it, and each context's first greedy token is sampled both ways and must match
+ * the context's size and thread count for it, and each context's first greedy token is sampled both ways and must match
  * (otherwise that context keeps node-llama-cpp's sampler). Linux only; elsewhere, or when anything
  * does not match, shimmy samples with node-llama-cpp and says why in the debug log.
  * `SHIMMY_SYNC_GREEDY=0` turns it off.
@@ -24,7 +24,7 @@ import path from "node:path";
 import { log } from "../log.ts";
 import { hookSourceFile } from "./native-source.ts";
 import source from "./greedy.c" with { type: "text" };
-import { firstLoadAddress, importSlots, mapping } from "./elf.ts";
+import { mappedFiles, replaceable, slotAddresses } from "./elf.ts";
 import { loadedGgml } from "./threadpool.ts";
 
 export interface GreedyState {
@@ -81,13 +81,12 @@ export async function installGreedy(enabled = true, gpu: string | false = false)
     return off;
   }
   if (state) return state;
-  state = await install(enabled, gpu);
+  state = await install(gpu);
   log.debug(state.installed ? "sampling: greedy requests sampled synchronously" : `sampling: node-llama-cpp's sampler for every request: ${state.reason}`);
   return state;
 }
 
-async function install(enabled: boolean, gpu: string | false): Promise<GreedyState> {
-  if (!enabled) return { installed: false, reason: "turned off (SHIMMY_SYNC_GREEDY=0, or SHIMMY_DIRECT_DECODE=0)" };
+async function install(gpu: string | false): Promise<GreedyState> {
   if (process.platform !== "linux") return { installed: false, reason: `not available on ${process.platform}` };
   try {
     const ffi = await import("bun:ffi");
@@ -96,19 +95,13 @@ async function install(enabled: boolean, gpu: string | false): Promise<GreedySta
     const { ggml } = loadedGgml(gpu, maps);
     if (!ggml) return { installed: false, reason: "llama.cpp's ggml libraries are not loaded" };
     const dir = path.dirname(ggml);
-    const files = new Set<string>();
-    for (const line of maps.split("\n")) {
-      const i = line.indexOf("/");
-      if (i >= 0) files.add(line.slice(i).replace(/ \(deleted\)$/, ""));
-    }
-    const addon = [...files].find((f) => path.dirname(f) === dir && path.basename(f) === "llama-addon.node");
-    const llamaLib = [...files].find((f) => path.dirname(f) === dir && /^libllama(\.v[\d.]+)?\.so/.test(path.basename(f)));
+    const files = [...mappedFiles(maps)].filter((f) => path.dirname(f) === dir);
+    const addon = files.find((f) => path.basename(f) === "llama-addon.node");
+    const llamaLib = files.find((f) => /^libllama(\.v[\d.]+)?\.so/.test(path.basename(f)));
     if (!addon || !llamaLib) return { installed: false, reason: "node-llama-cpp's addon or libllama is not loaded" };
-    const elf = readFileSync(addon);
-    const slots = importSlots(elf, "llama_n_threads");
-    const where = mapping(addon, maps);
-    if (slots.length !== 1 || !where) return { installed: false, reason: `the addon has ${slots.length} import slots for llama_n_threads` };
-    const slot = where.start - firstLoadAddress(elf) + slots[0]!;
+    const where = slotAddresses(addon, "llama_n_threads", maps);
+    if (where?.slots.length !== 1) return { installed: false, reason: `the addon has ${where?.slots.length ?? 0} import slots for llama_n_threads` };
+    const slot = where.slots[0]!;
     const l = dlopen(llamaLib, {
       llama_n_ctx: { args: [FFIType.ptr], returns: FFIType.u32 },
       llama_n_threads: { args: [FFIType.ptr], returns: FFIType.i32 },
@@ -130,10 +123,7 @@ async function install(enabled: boolean, gpu: string | false): Promise<GreedySta
     });
     keep.push(compiled);
     const s = compiled.symbols as unknown as Native;
-    // The slot holds llama.cpp's function (bound), a stub inside the addon (not bound yet), or the
-    // wrapper an earlier evaluation of this module installed in this process.
-    const current = read.ptr(slot as never);
-    if (current !== real && !(current >= where.start && current < where.end) && current !== s.shimmy_gr_previous()) return { installed: false, reason: "the addon's llama_n_threads slot holds an unexpected address" };
+    if (!replaceable(read.ptr(slot as never), real, where, s.shimmy_gr_previous())) return { installed: false, reason: "the addon's llama_n_threads slot holds an unexpected address" };
     const rc = s.shimmy_gr_install(slot, real);
     if (rc !== 0) return { installed: false, reason: rc === 2 ? "the addon's import table could not be made writable" : `install returned ${rc}` };
     native = s;

@@ -20,7 +20,7 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import { log } from "../log.ts";
 import { hookSourceFile } from "./native-source.ts";
-import { firstLoadAddress, importSlots, mapping } from "./elf.ts";
+import { mappedFiles, replaceable, slotAddresses } from "./elf.ts";
 import source from "./hugepages.c" with { type: "text" };
 import { loadedGgml } from "./threadpool.ts";
 
@@ -70,13 +70,12 @@ export async function installHugepages(enabled = true, gpu: string | false = fal
     return off;
   }
   if (state) return state;
-  state = await install(enabled, gpu);
+  state = await install(gpu);
   log.debug(state.installed ? `hugepages: llama.cpp's CPU buffers of 16 MiB or more ask for transparent huge pages (THP ${state.thp ?? "?"})` : `hugepages: not used: ${state.reason}`);
   return state;
 }
 
-async function install(enabled: boolean, gpu: string | false): Promise<HugepagesState> {
-  if (!enabled) return { installed: false, reason: "turned off (SHIMMY_HUGEPAGES=0)" };
+async function install(gpu: string | false): Promise<HugepagesState> {
   if (process.platform !== "linux") return { installed: false, reason: `not available on ${process.platform}` };
   if (gpu !== false) return { installed: false, reason: `the ${gpu} backend keeps the weights in GPU memory` };
   const thp = thpMode();
@@ -87,12 +86,7 @@ async function install(enabled: boolean, gpu: string | false): Promise<Hugepages
     const { ggml, base } = loadedGgml(gpu, maps);
     if (!ggml || !base) return { installed: false, reason: "llama.cpp's ggml libraries are not loaded" };
     const dir = path.dirname(ggml);
-    const libs = new Set<string>();
-    for (const line of maps.split("\n")) {
-      const i = line.indexOf("/");
-      const f = i >= 0 ? line.slice(i).replace(/ \(deleted\)$/, "") : "";
-      if (path.dirname(f) === dir && /^libggml-(base|cpu[\w-]*)\.so/.test(path.basename(f))) libs.add(f);
-    }
+    const libs = [...mappedFiles(maps)].filter((f) => path.dirname(f) === dir && /^libggml-(base|cpu[\w-]*)\.so/.test(path.basename(f)));
     const b = dlopen(base, { ggml_aligned_malloc: { args: [FFIType.u64], returns: FFIType.ptr } });
     keep.push(b);
     const real = (b.symbols.ggml_aligned_malloc as unknown as { ptr: number }).ptr;
@@ -110,15 +104,9 @@ async function install(enabled: boolean, gpu: string | false): Promise<Hugepages
     const previous = s.shimmy_hp_previous();
     const slots: number[] = [];
     for (const lib of libs) {
-      const elf = readFileSync(lib);
-      const where = mapping(lib, maps);
-      if (!where) continue;
-      for (const offset of importSlots(elf, "ggml_aligned_malloc")) {
-        const slot = where.start - firstLoadAddress(elf) + offset;
-        // The slot holds ggml's function (bound), a stub inside that library (not bound yet), or the
-        // wrapper an earlier evaluation of this module installed in this process.
-        const current = read.ptr(slot as never);
-        if (current !== real && !(current >= where.start && current < where.end) && current !== previous) return { installed: false, reason: `${path.basename(lib)}'s ggml_aligned_malloc slot holds an unexpected address`, thp };
+      const where = slotAddresses(lib, "ggml_aligned_malloc", maps);
+      for (const slot of where?.slots ?? []) {
+        if (!replaceable(read.ptr(slot as never), real, where!, previous)) return { installed: false, reason: `${path.basename(lib)}'s ggml_aligned_malloc slot holds an unexpected address`, thp };
         slots.push(slot);
       }
     }

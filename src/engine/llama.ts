@@ -73,7 +73,7 @@ function availableMemory(): number {
  * Whether a model file is memory-mapped (llama.cpp's default) or read into memory. `auto` reads it
  * when it runs on the CPU backend on Linux and takes at most half the memory available: decoding from
  * mapped file pages measured 15-25% slower on this project's 2-core Linux VM (llama.cpp alone, in C:
- * 65-84 against 82-99 tok/s on the 6-layer bench model, the difference being periodic stalls of 50-200 ms
+ * 65-89 against 82-101 tok/s on the 6-layer bench model, the difference being periodic stalls of 50-200 ms
  * per 64 tokens that read weights never have), and weights in memory are safe against a file
  * truncated on disk (SIGBUS with a mapping). Bigger files, GPU backends (weights live in VRAM) and
  * other systems keep the mapping: no copy of the file in RAM, and faster loads.
@@ -358,7 +358,7 @@ export class NativeBackend {
     let model: LlamaModel | undefined;
     try {
       const progress = this.opts.onLoadProgress;
-      const useMmap = chooseMmap(this.opts.mmap, { platform: process.platform, cpu: this.llama.gpu === false, fileBytes: statSync(entry.path).size, availableBytes: availableMemory() });
+      const useMmap = chooseMmap(this.opts.mmap, { platform: process.platform, cpu: this.llama.gpu === false, fileBytes: (entry.shards ?? [entry.path]).reduce((n, f) => n + statSync(f).size, 0), availableBytes: availableMemory() });
       model = await this.llama.loadModel({ modelPath: entry.path, gpuLayers: this.llama.gpu === false ? 0 : "auto", useMmap, ...(progress ? { onLoadProgress: (p: number) => progress(entry.name, p) } : {}) });
       progress?.(entry.name, 1);
       const threads = !this.opts.threadsExplicit && model.size < SMALL_MODEL_BYTES ? 1 : this.opts.threads;

@@ -17,6 +17,7 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { log } from "../log.ts";
+import { mappedFiles } from "./elf.ts";
 import { nativeSourceFile } from "./native-source.ts";
 import source from "./threadpool.c" with { type: "text" };
 
@@ -62,15 +63,11 @@ const REASONS: Record<number, string> = {
  * build failed to start and the CPU build was loaded after it, both are mapped: `gpu` picks.
  */
 export function loadedGgml(gpu: string | false, maps?: string): { ggml?: string; base?: string } {
-  const files = new Set<string>();
-  for (const line of (maps ?? readFileSync("/proc/self/maps", "utf8")).split("\n")) {
-    const i = line.indexOf("/");
-    if (i >= 0 && line.includes("/libggml")) files.add(line.slice(i).replace(/ \(deleted\)$/, ""));
-  }
-  const loaders = [...files].filter((f) => /^libggml(\.[a-z]+)?\.v[\d.]+\.so$|^libggml\.so(\.\d+)*$/.test(path.basename(f)));
+  const files = [...mappedFiles(maps ?? readFileSync("/proc/self/maps", "utf8"))].filter((f) => path.basename(f).startsWith("libggml"));
+  const loaders = files.filter((f) => /^libggml(\.[a-z]+)?\.v[\d.]+\.so$|^libggml\.so(\.\d+)*$/.test(path.basename(f)));
   const tag = (f: string) => /^libggml\.([a-z]+)\.v/.exec(path.basename(f))?.[1] ?? false;
   const ggml = loaders.length === 1 ? loaders[0] : loaders.find((f) => tag(f) === gpu);
-  const base = ggml ? [...files].find((f) => path.dirname(f) === path.dirname(ggml) && /^libggml-base\.so/.test(path.basename(f))) : undefined;
+  const base = ggml ? files.find((f) => path.dirname(f) === path.dirname(ggml) && /^libggml-base\.so/.test(path.basename(f))) : undefined;
   return { ggml, base };
 }
 
