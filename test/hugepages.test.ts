@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { Engine } from "../src/engine/engine.ts";
-import { hugepagesStats, thpMode } from "../src/engine/hugepages.ts";
+import { hugepagesStats, thpMode, withHugepages } from "../src/engine/hugepages.ts";
 import { ModelRegistry } from "../src/engine/registry.ts";
 import { loadedGgml } from "../src/engine/threadpool.ts";
 import { makeFixtures } from "./helpers.ts";
@@ -60,6 +60,33 @@ test("a ggml CPU buffer of 16 MiB or more asks for huge pages and gets them; a s
     expect(huge() - hugeBefore).toBeGreaterThanOrEqual(32 * 1024 * 1024);
     g.symbols.ggml_backend_buffer_free(buf);
     g.symbols.ggml_backend_buffer_free(small);
+  } finally {
+    g.close();
+  }
+});
+
+test("withHugepages(false) leaves the buffers allocated meanwhile on ordinary pages (a memory-mapped model's KV cache and compute buffers)", async () => {
+  const thp = thpMode();
+  if (process.platform !== "linux" || thp === "never" || thp === undefined) return;
+  const { dlopen, FFIType } = await import("bun:ffi");
+  const g = dlopen(loadedGgml(false).base!, {
+    ggml_backend_cpu_buffer_type: { args: [], returns: FFIType.ptr },
+    ggml_backend_buft_alloc_buffer: { args: [FFIType.ptr, FFIType.u64], returns: FFIType.ptr },
+    ggml_backend_buffer_free: { args: [FFIType.ptr], returns: FFIType.void },
+  });
+  const size = 32 * 1024 * 1024;
+  const alloc = async () => g.symbols.ggml_backend_buft_alloc_buffer(g.symbols.ggml_backend_cpu_buffer_type(), size);
+  try {
+    const before = hugepagesStats().blocks;
+    const plain = await withHugepages(false, alloc);
+    expect(hugepagesStats().blocks).toBe(before);
+    // The pause ends with the call, also when it throws.
+    await expect(withHugepages(false, () => Promise.reject(new Error("load failed")))).rejects.toThrow("load failed");
+    const huge = await withHugepages(true, alloc);
+    expect(hugepagesStats().blocks).toBe(before + 1);
+    const after = await alloc();
+    expect(hugepagesStats().blocks).toBe(before + 2);
+    for (const b of [plain, huge, after]) g.symbols.ggml_backend_buffer_free(b);
   } finally {
     g.close();
   }

@@ -26,10 +26,12 @@ typedef void *(*alloc_t)(unsigned long size);
 static alloc_t real_alloc;
 static volatile long marked_bytes;
 static volatile int marked_blocks;
+/* While above 0, blocks are allocated without the advice (buffers of memory-mapped models). */
+static volatile int paused;
 
 static void *hook_aligned_malloc(unsigned long size) {
     void *p = real_alloc(size);
-    if (p && size >= MIN_BYTES) {
+    if (p && size >= MIN_BYTES && paused <= 0) {
         unsigned long start = ((unsigned long)p + HUGE - 1) & ~(HUGE - 1);
         unsigned long end = ((unsigned long)p + size) & ~(HUGE - 1);
         if (end > start && madvise((void *)start, end - start, MADV_HUGEPAGE) == 0) {
@@ -61,6 +63,11 @@ void *shimmy_hp_previous(void) {
     return previous_hook("SHIMMY_HUGEPAGES_HOOK");
 }
 
+/* Pauses (+1) or resumes (-1) the advice; returns the new pause count. */
+int shimmy_hp_pause(int delta) {
+    paused += delta;
+    return paused;
+}
 /* Bytes and blocks marked so far (for the debug log and tests). */
 long shimmy_hp_marked_bytes(void) {
     return marked_bytes;

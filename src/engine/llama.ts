@@ -47,7 +47,7 @@ import { nativeBuildInfo } from "./runtime.ts";
 import { StopMatcher } from "./stop.ts";
 import { installThreadpools, threadpoolStats } from "./threadpool.ts";
 import { greedyFor, installGreedy } from "./greedy.ts";
-import { installHugepages } from "./hugepages.ts";
+import { installHugepages, withHugepages } from "./hugepages.ts";
 import { existingStepper, type NativeContext as NativeContextLike, stepperFor } from "./stepper.ts";
 import type { BackendInfo, BackendOptions, ChatMessage, FinishReason, GenerateOptions, GenerateResult, LoraAdapter, ModelEntry, ModelMeta, TokenLogprob, ToolCall, ToolDefinition } from "./types.ts";
 
@@ -359,13 +359,14 @@ export class NativeBackend {
     try {
       const progress = this.opts.onLoadProgress;
       const useMmap = chooseMmap(this.opts.mmap, { platform: process.platform, cpu: this.llama.gpu === false, fileBytes: (entry.shards ?? [entry.path]).reduce((n, f) => n + statSync(f).size, 0), availableBytes: availableMemory() });
-      model = await this.llama.loadModel({ modelPath: entry.path, gpuLayers: this.llama.gpu === false ? 0 : "auto", useMmap, ...(progress ? { onLoadProgress: (p: number) => progress(entry.name, p) } : {}) });
+      // Huge pages only for a model read into memory (see withHugepages).
+      model = await withHugepages(!useMmap, () => this.llama.loadModel({ modelPath: entry.path, gpuLayers: this.llama.gpu === false ? 0 : "auto", useMmap, ...(progress ? { onLoadProgress: (p: number) => progress(entry.name, p) } : {}) }));
       progress?.(entry.name, 1);
       const threads = !this.opts.threadsExplicit && model.size < SMALL_MODEL_BYTES ? 1 : this.opts.threads;
       const loaded = model;
       const makeContext = async (loras: LoraAdapter[]) => {
         const holder: { context?: LlamaContext } = {};
-        holder.context = await loaded.createContext({
+        holder.context = await withHugepages(!useMmap, () => loaded.createContext({
           contextSize,
           sequences,
           threads,
@@ -375,7 +376,7 @@ export class NativeBackend {
           flashAttention: "auto",
           batching: { itemPrioritizationStrategy: this.opts.fullBatches === false ? "maximumParallelism" : fullBatchStrategy(holder) },
           ...(loras.length ? { lora: { adapters: loras.map((l) => ({ filePath: l.path, scale: l.scale })) } } : {}),
-        });
+        }));
         return holder.context;
       };
       const context = await makeContext(entry.loras ?? []);
@@ -1321,7 +1322,7 @@ export class NativeModel {
   /** Embedding vectors of texts or token lists, through one lazily created embedding context. */
   async embed(inputs: Array<string | number[]>, signal?: AbortSignal): Promise<{ vectors: number[][]; promptTokens: number }> {
     const embeddingContextSize = Math.min(this.contextSize, this.model.trainContextSize || this.contextSize);
-    this.embedding ??= this.model.createEmbeddingContext({ contextSize: embeddingContextSize, threads: this.threads });
+    this.embedding ??= withHugepages(!this.mapped, () => this.model.createEmbeddingContext({ contextSize: embeddingContextSize, threads: this.threads }));
     this.embedding.catch(() => (this.embedding = undefined));
     const ctx = await this.embedding.catch((err) => {
       throw new UnsupportedError(`this model cannot produce embeddings: ${(err as Error).message}`, { param: "model" });
