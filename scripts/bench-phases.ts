@@ -1,0 +1,159 @@
+/**
+ * Concurrent streams split into their two phases, for several shimmy configurations against
+ * llama-server, alternating per round (the host drifts by tens of percent between minutes).
+ *
+ * Each round sends N requests at once (the harness's prompts, greedy) to one server and records:
+ *   - aggregate tok/s: all tokens / time to the last token;
+ *   - prompt phase: time to the slowest stream's first token (the N prompts are evaluated together);
+ *   - decode step: (end - that first token) / (tokens - 1), the time of one N-token decode step.
+ * A short untimed request goes to each server before its round (as in bench-compare.ts).
+ *
+ *   bun scripts/bench-phases.ts [--model FILE] [--streams 4] [--rounds 8] [--tokens 32] [--threads 2]
+ *       [--llama-server PATH] SIDE...
+ *
+ * A SIDE is `llama` (llama-server, mapped as it ships), `llama:--no-mmap` (extra arguments after the
+ * colon, comma-separated), or `NAME=VAR:VALUE,VAR:VALUE` (shimmy serve with those environment
+ * variables, e.g. `mapped=SHIMMY_MMAP:1`; `NAME=` for the defaults). The last lines print each side's
+ * medians and, for the first side against the last, the medians of the per-round ratios.
+ * llama-server comes from bench-compare.ts's build (~/.cache/shimmy-bench) unless --llama-server is given.
+ */
+import os from "node:os";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { benchPrompt } from "./bench-prompt.ts";
+
+const ROOT = path.resolve(import.meta.dir, "..");
+const { values, positionals } = parseArgs({
+  allowPositionals: true,
+  options: {
+    model: { type: "string" },
+    streams: { type: "string" },
+    rounds: { type: "string" },
+    tokens: { type: "string" },
+    threads: { type: "string" },
+    "llama-server": { type: "string" },
+  },
+});
+const model = values.model ?? path.join(os.tmpdir(), "shimmy-fixtures", "bench-tinyllama-q8.gguf");
+const streams = Number(values.streams ?? 4);
+const rounds = Number(values.rounds ?? 8);
+const tokens = Number(values.tokens ?? 32);
+const threads = String(values.threads ?? 2);
+const CTX = 2048;
+const llamaBin = values["llama-server"] ?? path.join(os.homedir(), ".cache", "shimmy-bench", "llama.cpp", "build", "bin", "llama-server");
+if (!positionals.length) throw new Error("name at least one side: llama, llama:ARGS, or NAME=VAR:VALUE,...");
+if (![streams, rounds, tokens].every((n) => Number.isInteger(n) && n >= 1) || tokens < 2) throw new Error("--streams, --rounds and --tokens must be whole numbers (tokens at least 2)");
+
+type Side = { name: string; kind: "shimmy" | "llama"; url: string; proc: ReturnType<typeof Bun.spawn>; model?: string };
+interface Round {
+  tps: number;
+  promptMs: number;
+  stepMs: number;
+}
+
+async function waitFor(url: string) {
+  const t0 = Date.now();
+  while (Date.now() - t0 < 180_000) {
+    if (await fetch(url).then((r) => r.ok, () => false)) return;
+    await Bun.sleep(200);
+  }
+  throw new Error(`${url} did not answer in 180 s`);
+}
+
+function start(spec: string, port: number): Side {
+  const url = `http://127.0.0.1:${port}`;
+  if (spec === "llama" || spec.startsWith("llama:")) {
+    const extra = spec.startsWith("llama:") ? spec.slice(6).split(",").filter(Boolean) : [];
+    const proc = Bun.spawn([llamaBin, "-m", model, "-t", threads, "-tb", threads, "-c", String(CTX * streams), "-np", String(streams), "--port", String(port), "--host", "127.0.0.1", "-ngl", "0", "--no-warmup", ...extra], { stdout: "ignore", stderr: "ignore" });
+    return { name: spec, kind: "llama", url, proc };
+  }
+  const eq = spec.indexOf("=");
+  if (eq < 1) throw new Error(`side ${spec}: expected llama, llama:ARGS or NAME=VAR:VALUE,...`);
+  const env: Record<string, string | undefined> = { ...process.env, SHIMMY_DEMO_MODEL: "0", SHIMMY_LOG: "warn" };
+  for (const kv of spec.slice(eq + 1).split(",").filter(Boolean)) {
+    const c = kv.indexOf(":");
+    if (c < 1) throw new Error(`side ${spec}: ${kv} is not VAR:VALUE`);
+    env[kv.slice(0, c)] = kv.slice(c + 1);
+  }
+  const proc = Bun.spawn(["bun", path.join(ROOT, "src/main.ts"), "serve", "--bind", `127.0.0.1:${port}`, "--model-path", model, "--threads", threads, "--ctx-size", String(CTX), "--parallel", String(streams), "--keep-alive", "-1", "--gpu", "cpu"], { env, stdout: "ignore", stderr: "inherit" });
+  return { name: spec.slice(0, eq), kind: "shimmy", url, proc };
+}
+
+/** Token arrival times (ms after t0) of one streamed request. */
+async function stream(side: Side, i: number, t0: number, n: number): Promise<number[]> {
+  const stamps: number[] = [];
+  const res =
+    side.kind === "shimmy"
+      ? await fetch(`${side.url}/api/generate`, { method: "POST", keepalive: false, headers: { accept: "text/event-stream" }, body: JSON.stringify({ model: side.model, prompt: benchPrompt(i), max_tokens: n, temperature: 0 }) })
+      : await fetch(`${side.url}/completion`, { method: "POST", keepalive: false, headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: benchPrompt(i), n_predict: n, temperature: 0, stream: true, cache_prompt: false }) });
+  if (!res.ok || !res.body) throw new Error(`${side.name}: HTTP ${res.status}`);
+  const dec = new TextDecoder();
+  let buf = "";
+  for await (const chunk of res.body) {
+    buf += dec.decode(chunk, { stream: true });
+    let k: number;
+    while ((k = buf.indexOf("\n\n")) >= 0) {
+      const block = buf.slice(0, k);
+      buf = buf.slice(k + 2);
+      let event = "message";
+      const data: string[] = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      const d = data.join("\n");
+      if (side.kind === "shimmy" ? event !== "done" && d !== "[DONE]" : Boolean(JSON.parse(d).content)) stamps.push(performance.now() - t0);
+    }
+  }
+  return stamps;
+}
+
+let next = 100;
+async function round(side: Side): Promise<Round> {
+  await stream(side, 0, performance.now(), 4);
+  const t0 = performance.now();
+  const all = await Promise.all(Array.from({ length: streams }, (_, k) => stream(side, next++ + k * 1000, t0, tokens)));
+  const end = performance.now() - t0;
+  if (all.some((s) => s.length < 2)) throw new Error(`${side.name}: a stream ended with fewer than 2 tokens`);
+  const promptMs = Math.max(...all.map((s) => s[0]!));
+  const steps = Math.max(...all.map((s) => s.length)) - 1;
+  return { tps: (all.reduce((a, s) => a + s.length, 0) * 1000) / end, promptMs, stepMs: (end - promptMs) / steps };
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+
+const sides = positionals.map((spec, i) => start(spec, 30000 + Math.floor(Math.random() * 5000) * 4 + i));
+try {
+  for (const s of sides) {
+    await waitFor(`${s.url}/health`);
+    if (s.kind === "shimmy") s.model = ((await (await fetch(`${s.url}/v1/models`)).json()) as { data: Array<{ id: string }> }).data[0]!.id;
+  }
+  for (const s of sides) await round(s); // warm-up at this batch shape
+  const results = new Map<string, Round[]>(sides.map((s) => [s.name, []]));
+  console.log(`${path.basename(model)}, ${streams} streams x ${tokens} tokens, ${threads} threads, ${rounds} rounds`);
+  console.log("round side aggregate-tok/s prompt-phase-ms decode-step-ms");
+  for (let r = 0; r < rounds; r++) {
+    for (const s of r % 2 ? [...sides].reverse() : sides) {
+      const x = await round(s);
+      results.get(s.name)!.push(x);
+      console.log(`${r} ${s.name} ${x.tps.toFixed(2)} ${x.promptMs.toFixed(0)} ${x.stepMs.toFixed(1)}`);
+    }
+  }
+  for (const s of sides) {
+    const xs = results.get(s.name)!;
+    console.log(`median ${s.name}: ${median(xs.map((x) => x.tps)).toFixed(2)} tok/s, prompt phase ${median(xs.map((x) => x.promptMs)).toFixed(0)} ms, decode step ${median(xs.map((x) => x.stepMs)).toFixed(1)} ms`);
+  }
+  if (sides.length > 1) {
+    const a = results.get(sides[0]!.name)!;
+    const b = results.get(sides.at(-1)!.name)!;
+    const ratio = (f: (x: Round, y: Round) => number) => median(a.map((x, i) => f(x, b[i]!))).toFixed(3);
+    console.log(`${sides[0]!.name} against ${sides.at(-1)!.name} (paired medians, above 1 = ${sides[0]!.name} faster): aggregate ${ratio((x, y) => x.tps / y.tps)}, prompt phase ${ratio((x, y) => y.promptMs / x.promptMs)}, decode step ${ratio((x, y) => y.stepMs / x.stepMs)}`);
+  }
+} finally {
+  for (const s of sides) s.proc.kill("SIGTERM");
+  await Promise.all(sides.map((s) => s.proc.exited));
+}
