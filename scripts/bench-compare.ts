@@ -18,7 +18,7 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import { physicalCores } from "../src/config.ts";
 import { writeBenchModel, writeTinyModel } from "../src/gguf/presets.ts";
-import { benchPrompt } from "./bench-prompt.ts";
+import { benchPrompt, readSse } from "./bench-prompt.ts";
 
 const ROOT = path.resolve(import.meta.dir, "..");
 const { values } = parseArgs({
@@ -141,29 +141,6 @@ function startLlamaServer(bin: string, parallel: number, extra: string[] = []) {
 // ---------------------------------------------------------------------------------------------
 // Clients: each returns what the client observed.
 
-/** Reads an SSE body, calling `onData` per `data:` payload. */
-async function readSse(res: Response, onData: (data: string, event: string) => void) {
-  const reader = res.body!.getReader();
-  const dec = new TextDecoder();
-  let buf = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buf += dec.decode(value, { stream: true });
-    let i: number;
-    while ((i = buf.indexOf("\n\n")) >= 0) {
-      const block = buf.slice(0, i);
-      buf = buf.slice(i + 2);
-      let event = "message";
-      const data: string[] = [];
-      for (const line of block.split("\n")) {
-        if (line.startsWith("event:")) event = line.slice(6).trim();
-        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
-      }
-      onData(data.join("\n"), event);
-    }
-  }
-}
 
 /** The lines of a byte stream. */
 async function* lines(stream: ReadableStream<Uint8Array>): AsyncGenerator<string> {

@@ -20,7 +20,7 @@
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { benchPrompt } from "./bench-prompt.ts";
+import { benchPrompt, readSse } from "./bench-prompt.ts";
 
 const ROOT = path.resolve(import.meta.dir, "..");
 const { values, positionals } = parseArgs({
@@ -87,24 +87,9 @@ async function stream(side: Side, i: number, t0: number, n: number): Promise<num
       ? await fetch(`${side.url}/api/generate`, { method: "POST", keepalive: false, headers: { accept: "text/event-stream" }, body: JSON.stringify({ model: side.model, prompt: benchPrompt(i), max_tokens: n, temperature: 0 }) })
       : await fetch(`${side.url}/completion`, { method: "POST", keepalive: false, headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: benchPrompt(i), n_predict: n, temperature: 0, stream: true, cache_prompt: false }) });
   if (!res.ok || !res.body) throw new Error(`${side.name}: HTTP ${res.status}`);
-  const dec = new TextDecoder();
-  let buf = "";
-  for await (const chunk of res.body) {
-    buf += dec.decode(chunk, { stream: true });
-    let k: number;
-    while ((k = buf.indexOf("\n\n")) >= 0) {
-      const block = buf.slice(0, k);
-      buf = buf.slice(k + 2);
-      let event = "message";
-      const data: string[] = [];
-      for (const line of block.split("\n")) {
-        if (line.startsWith("event:")) event = line.slice(6).trim();
-        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
-      }
-      const d = data.join("\n");
-      if (side.kind === "shimmy" ? event !== "done" && d !== "[DONE]" : Boolean(JSON.parse(d).content)) stamps.push(performance.now() - t0);
-    }
-  }
+  await readSse(res, (data, event) => {
+    if (side.kind === "shimmy" ? event !== "done" && data !== "[DONE]" : Boolean(JSON.parse(data).content)) stamps.push(performance.now() - t0);
+  });
   return stamps;
 }
 
