@@ -64,7 +64,8 @@ export function hugepagesStats(): { installed: boolean; blocks: number; bytes: n
  * whose weights stay memory-mapped gets its KV cache and compute buffers on ordinary pages. Measured on
  * the 2-core VM (1.1 GiB bench model mapped, one stream, alternating servers, runs of 8 and 3 rounds):
  * 44-72 ms per token with those buffers on huge pages against 35-48 ms without (llama-server, also
- * mapped: 34-42 ms). The cause is not established.
+ * mapped: 34-42 ms). The cause is not established. The pause is process-wide: a model read into
+ * memory that loads at the same time as a mapped one gets ordinary pages too (only its speed changes).
  */
 export async function withHugepages<T>(huge: boolean, fn: () => Promise<T>): Promise<T> {
   if (huge || !native) return fn();
