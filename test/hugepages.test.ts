@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { Engine } from "../src/engine/engine.ts";
-import { hugepagesStats, thpMode, withHugepages } from "../src/engine/hugepages.ts";
+import { hugepagesPaused, hugepagesStats, thpMode, withHugepages } from "../src/engine/hugepages.ts";
 import { ModelRegistry } from "../src/engine/registry.ts";
 import { loadedGgml } from "../src/engine/threadpool.ts";
 import { makeFixtures } from "./helpers.ts";
@@ -89,5 +89,25 @@ test("withHugepages(false) leaves the buffers allocated meanwhile on ordinary pa
     for (const b of [plain, huge, after]) g.symbols.ggml_backend_buffer_free(b);
   } finally {
     g.close();
+  }
+});
+
+test("a memory-mapped model loads with the advice paused; a model read into memory does not", async () => {
+  const thp = thpMode();
+  if (process.platform !== "linux" || thp === "never" || thp === undefined) return;
+  for (const mmap of [true, false]) {
+    // node-llama-cpp reports load progress from inside the load: record whether the advice was paused then.
+    const seen: boolean[] = [];
+    const e = new Engine(new ModelRegistry({ modelDirs: [fx.dir] }, fx.dir), { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: 512, chatTemplate: "auto", parallel: 1, mmap, onLoadProgress: () => void seen.push(hugepagesPaused()) });
+    try {
+      await e.load("tiny");
+    } finally {
+      await e.close();
+    }
+    expect(seen.length).toBeGreaterThan(1);
+    expect(seen.slice(0, -1).every((p) => p === mmap)).toBe(true);
+    // The pause ends with the load (the last report comes after it).
+    expect(seen.at(-1)).toBe(false);
+    expect(hugepagesPaused()).toBe(false);
   }
 });

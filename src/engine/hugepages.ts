@@ -67,6 +67,11 @@ export function hugepagesStats(): { installed: boolean; blocks: number; bytes: n
  * mapped: 34-42 ms). The cause is not established. The pause is process-wide: a model read into
  * memory that loads at the same time as a mapped one gets ordinary pages too (only its speed changes).
  */
+/** Whether the advice is paused now (a memory-mapped model is loading). */
+export function hugepagesPaused(): boolean {
+  return native ? native.shimmy_hp_pause(0) > 0 : false;
+}
+
 export async function withHugepages<T>(huge: boolean, fn: () => Promise<T>): Promise<T> {
   if (huge || !native) return fn();
   const n = native;
