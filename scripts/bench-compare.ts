@@ -18,7 +18,7 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import { physicalCores } from "../src/config.ts";
 import { writeBenchModel, writeTinyModel } from "../src/gguf/presets.ts";
-import { benchPrompt, readSse } from "./bench-prompt.ts";
+import { benchPrompt, readSse, settlePageCache } from "./bench-prompt.ts";
 
 const ROOT = path.resolve(import.meta.dir, "..");
 const { values } = parseArgs({
@@ -37,6 +37,8 @@ const threads = Number(values.threads ?? physicalCores());
 const runs = Number(values.runs ?? (values.quick ? 3 : 5));
 const tokens = Number(values.tokens ?? 32);
 const model = values.model ?? path.join(os.tmpdir(), "shimmy-fixtures", "bench-tinyllama-q8.gguf");
+/** What was done to the model file's page cache before the run (settlePageCache). */
+let pageCache = "page cache not settled";
 const CTX = 2048;
 /** Stream counts for the concurrency table; `--streams none` skips it. */
 const streamCounts = values.streams === "none" ? [] : values.streams ? values.streams.split(",").map(Number) : values.quick ? [1, 4] : [1, 2, 4, 8];
@@ -256,6 +258,9 @@ async function main() {
     console.error(`writing the bench model to ${model} ...`);
     await writeBenchModel(model);
   }
+  // Before anything maps the file: llama-server's speed depends on how its cached pages got there.
+  pageCache = settlePageCache(model);
+  console.error(pageCache);
   const bin = llamaServerPath();
 
   // (a) In-process, each in a process of its own (scripts/bench-inprocess.ts): node-llama-cpp as it
@@ -474,6 +479,8 @@ function report(single: Array<Record<string, number | string>>, conc: Conc[], id
     `Model: ${path.basename(model)} (${values.model ? "given with --model" : "TinyLlama-1.1B shape, Q8_0, random weights: same compute as a trained model"}). Threads ${threads}, context ${CTX}, greedy, ${tokens} tokens per run, medians of ${runs} interleaved runs (prompt re-evaluated every run).`,
     "",
     `Command: \`${command}\``,
+    "",
+    `Model file: ${pageCache}. On this VM a memory-mapped model (llama-server, node-llama-cpp's floors) decodes slower from cached pages that a process wrote (a freshly generated model) than from pages read from disk; this gives the mapped modes their faster case (README, Performance).`,
     "",
     "Whenever the next run is in another process than the last one, a short untimed request (4 tokens) goes to it first: the first run after another process has computed is slower (about 100 ms more time to first token on this VM), and without this each mode paid it or not by its place in the rotation.",
     "",

@@ -20,7 +20,7 @@
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { benchPrompt, readSse } from "./bench-prompt.ts";
+import { benchPrompt, readSse, settlePageCache } from "./bench-prompt.ts";
 
 const ROOT = path.resolve(import.meta.dir, "..");
 const { values, positionals } = parseArgs({
@@ -111,6 +111,8 @@ const median = (xs: number[]) => {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
 
+// Before any server maps the file (its cached pages cannot be dropped while mapped).
+const pageCache = settlePageCache(model);
 const sides = positionals.map((spec, i) => start(spec, 30000 + Math.floor(Math.random() * 5000) * 4 + i));
 try {
   for (const s of sides) {
@@ -119,7 +121,7 @@ try {
   }
   for (const s of sides) await round(s); // warm-up at this batch shape
   const results = new Map<string, Round[]>(sides.map((s) => [s.name, []]));
-  console.log(`${path.basename(model)}, ${streams} streams x ${tokens} tokens, ${threads} threads, ${rounds} rounds`);
+  console.log(`${path.basename(model)}, ${streams} streams x ${tokens} tokens, ${threads} threads, ${rounds} rounds; ${pageCache}`);
   console.log("round side aggregate-tok/s prompt-phase-ms decode-step-ms");
   for (let r = 0; r < rounds; r++) {
     for (const s of r % 2 ? [...sides].reverse() : sides) {
