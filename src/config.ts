@@ -74,6 +74,8 @@ export interface Config {
   threadpool: boolean;
   /** How long the pools' idle workers spin for the next graph, 0..100 (llama.cpp's tools: 50). Default 0 (sleep at once). Env `SHIMMY_THREADPOOL_POLL`. */
   threadpoolPoll: number;
+  /** Pin each pool's threads one per CPU (ggml's strict placement; the thread that calls into llama.cpp goes to the last of them): `true`, `false`, or `auto` (default: when a context's threads are as many as the CPUs the process may use). Env `SHIMMY_PIN_THREADS=0|1|auto`. */
+  pinThreads: boolean | "auto";
   /** Plain generations (no grammar, tools or logprobs) run on shimmy's own decode loop over llama.cpp's native context: about 1 ms less JavaScript per token than node-llama-cpp's LlamaCompletion. Default true. Env `SHIMMY_DIRECT_DECODE=0` turns it off (LlamaCompletion), for comparison. */
   directDecode: boolean;
   /** Greedy requests (temperature 0, no penalties or logit bias) on shimmy's decode loop take the argmax of llama.cpp's logits synchronously instead of an async native sampling call per token (Linux). Default true. Env `SHIMMY_SYNC_GREEDY=0` turns it off (node-llama-cpp's sampler), for comparison. */
@@ -107,13 +109,13 @@ function list(raw: string | undefined): string[] {
   return (raw ?? "").split(",").map((s) => s.trim()).filter(Boolean);
 }
 
-/** SHIMMY_MMAP: 0/1 (and false/true, no/yes, off/on) or auto; unset is auto. */
-function parseMmap(raw: string | undefined): boolean | "auto" {
+/** A 0/1 (and false/true, no/yes, off/on) or auto setting; unset is auto. */
+function parseAuto(name: string, raw: string | undefined): boolean | "auto" {
   const v = (raw ?? "").trim().toLowerCase();
   if (v === "" || v === "auto") return "auto";
   if (["0", "false", "no", "off"].includes(v)) return false;
   if (["1", "true", "yes", "on"].includes(v)) return true;
-  throw new RangeError(`SHIMMY_MMAP must be 0, 1 or auto, got '${raw}'`);
+  throw new RangeError(`${name} must be 0, 1 or auto, got '${raw}'`);
 }
 
 function truthy(raw: string | undefined): boolean {
@@ -270,10 +272,11 @@ export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, 
     maxBodyBytes: parseBytes("--max-body", overrides.maxBody) ?? parseBytes("SHIMMY_MAX_BODY", env.SHIMMY_MAX_BODY) ?? 10 * 1024 * 1024,
     logFormat: overrides.logFormat ?? oneOf("SHIMMY_LOG_FORMAT", env.SHIMMY_LOG_FORMAT, ["text", "json"] as const) ?? "text",
     logPrompts: overrides.logPrompts ?? truthy(env.SHIMMY_LOG_PROMPTS),
-    mmap: overrides.mmap ?? parseMmap(env.SHIMMY_MMAP),
+    mmap: overrides.mmap ?? parseAuto("SHIMMY_MMAP", env.SHIMMY_MMAP),
     fullBatches: !["0", "false", "no", "off"].includes((env.SHIMMY_FULL_BATCHES ?? "").toLowerCase()),
     threadpool: !["0", "false", "no", "off"].includes((env.SHIMMY_THREADPOOL ?? "").toLowerCase()),
     threadpoolPoll: parseIntSetting("SHIMMY_THREADPOOL_POLL", env.SHIMMY_THREADPOOL_POLL, 0, 100) ?? 0,
+    pinThreads: parseAuto("SHIMMY_PIN_THREADS", env.SHIMMY_PIN_THREADS),
     hugepages: !["0", "false", "no", "off"].includes((env.SHIMMY_HUGEPAGES ?? "").toLowerCase()),
     syncGreedy: !["0", "false", "no", "off"].includes((env.SHIMMY_SYNC_GREEDY ?? "").toLowerCase()),
     directDecode: !["0", "false", "no", "off"].includes((env.SHIMMY_DIRECT_DECODE ?? "").toLowerCase()),

@@ -46,6 +46,10 @@ describe("config", () => {
     expect(loadConfig({}, { SHIMMY_THREADPOOL: "0", SHIMMY_THREADPOOL_POLL: "50" })).toMatchObject({ threadpool: false, threadpoolPoll: 50 });
     expect(() => loadConfig({}, { SHIMMY_THREADPOOL_POLL: "101" })).toThrow(/SHIMMY_THREADPOOL_POLL/);
     expect(() => loadConfig({}, { SHIMMY_THREADPOOL_POLL: "lots" })).toThrow(/SHIMMY_THREADPOOL_POLL/);
+    expect(loadConfig({}, {})).toMatchObject({ pinThreads: "auto" });
+    expect(loadConfig({}, { SHIMMY_PIN_THREADS: "0" })).toMatchObject({ pinThreads: false });
+    expect(loadConfig({}, { SHIMMY_PIN_THREADS: "on" })).toMatchObject({ pinThreads: true });
+    expect(() => loadConfig({}, { SHIMMY_PIN_THREADS: "maybe" })).toThrow(/SHIMMY_PIN_THREADS must be 0, 1 or auto/);
   });
 
   test("chat templates: a default and per-model items; built-in names or Jinja files", () => {

@@ -2,10 +2,10 @@
  * Persistent CPU threadpools (src/engine/threadpool.ts + threadpool.c): a multi-threaded context gets
  * its own pool, freed with the context; output is the same as with node-llama-cpp's threads per
  * decode; two models decoding at once on their own pools neither deadlock nor mix; SHIMMY_THREADPOOL=0
- * leaves node-llama-cpp's default.
+ * leaves node-llama-cpp's default; pinned pools keep one thread per CPU (SHIMMY_PIN_THREADS).
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { copyFileSync } from "node:fs";
+import { copyFileSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import type { Engine } from "../src/engine/engine.ts";
 import { loadedGgml, threadpoolStats } from "../src/engine/threadpool.ts";
@@ -95,3 +95,56 @@ test("finds node-llama-cpp's ggml libraries among the mapped files, for CPU and 
   expect(loadedGgml("vulkan", both)).toEqual({ ggml: `${vk}/libggml.vulkan.v0.4.0.so`, base: `${vk}/libggml-base.so` });
   expect(loadedGgml(false, line("/usr/lib/libc.so.6"))).toEqual({ ggml: undefined, base: undefined });
 });
+
+/** CPUs a Cpus_allowed_list names ("0-1,4" -> [0, 1, 4]). */
+function cpus(list: string): number[] {
+  return list.split(",").flatMap((r) => {
+    const [a, b] = r.split("-").map(Number);
+    return b === undefined ? [a!] : Array.from({ length: b - a! + 1 }, (_, k) => a! + k);
+  });
+}
+const allowed = cpus(/Cpus_allowed_list:\s*(\S+)/.exec(readFileSync("/proc/self/status", "utf8"))![1]!);
+
+/** A fresh process (pinning is chosen once per process) generates on 2 threads and reports each thread's CPUs. */
+async function pinnedRun(pin: "0" | "1" | "auto") {
+  const script = path.join(fx.dir, `pin-${pin}.ts`);
+  const root = path.resolve(import.meta.dir, "..");
+  writeFileSync(
+    script,
+    `import os from "node:os";
+import { readdirSync, readFileSync } from "node:fs";
+import { Engine } from ${JSON.stringify(path.join(root, "src/engine/engine.ts"))};
+import { ModelRegistry } from ${JSON.stringify(path.join(root, "src/engine/registry.ts"))};
+import { threadpoolStats } from ${JSON.stringify(path.join(root, "src/engine/threadpool.ts"))};
+const pin = ${JSON.stringify(pin)};
+const engine = new Engine(new ModelRegistry({ baseGguf: ${JSON.stringify(fx.tiny)}, loras: [], modelDirs: [] }, os.tmpdir()), { gpu: "cpu", threads: 2, threadsExplicit: true, ctxSize: 512, chatTemplate: "auto", pinThreads: pin === "auto" ? "auto" : pin === "1" });
+const name = (await engine.list())[0].name;
+const r = await engine.complete(name, { prompt: ${JSON.stringify(PROMPT)}, maxTokens: 24, temperature: 0 });
+const threads = readdirSync("/proc/self/task").map((t) => /Cpus_allowed_list:\\s*(\\S+)/.exec(readFileSync("/proc/self/task/" + t + "/status", "utf8"))[1]);
+console.log(JSON.stringify({ text: r.text, pinned: threadpoolStats().pinned, threads }));
+await engine.close();
+process.exit(0);
+`,
+  );
+  const proc = Bun.spawn(["bun", script], { stdout: "pipe", stderr: "pipe", env: { ...process.env, SHIMMY_LOG: "warn" } });
+  const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  if (code !== 0) throw new Error(`pin=${pin} exited ${code}: ${err}`);
+  return JSON.parse(out.trim().split("\n").at(-1)!) as { text: string; pinned: number; threads: string[] };
+}
+
+test.if(allowed.length >= 2)("pinned pools keep ggml's worker on the first allowed CPU and the calling thread on the second; unpinned ones touch no affinity; same text", async () => {
+  const on = await pinnedRun("1");
+  const off = await pinnedRun("0");
+  expect(on.pinned).toBeGreaterThanOrEqual(1);
+  const single = on.threads.map(cpus).filter((c) => c.length === 1).map((c) => c[0]);
+  expect(single).toContain(allowed[0]); // ggml's worker 1
+  expect(single).toContain(allowed[1]); // the thread that ran the decode
+  expect(single.every((c) => c === allowed[0] || c === allowed[1])).toBe(true);
+  expect(off.pinned).toBe(0);
+  expect(off.threads.every((t) => cpus(t).length === allowed.length)).toBe(true);
+  expect(on.text).toBe(off.text);
+  // auto pins exactly when the 2 threads are as many as the allowed CPUs.
+  const auto = await pinnedRun("auto");
+  expect(auto.pinned > 0).toBe(allowed.length === 2);
+  expect(auto.text).toBe(off.text);
+}, 60_000);

@@ -239,7 +239,7 @@ export async function openBackend(opts: BackendOptions): Promise<NativeBackend> 
     const why = opts.gpu === "cuda" || opts.gpu === "vulkan" || opts.gpu === "metal" ? (await whyNoGpu()).find((w) => w.startsWith(opts.gpu)) : undefined;
     throw new BackendError(`cannot start llama.cpp with --gpu ${opts.gpu}: ${why ?? (err as Error).message}`, { cause: err });
   }
-  await installThreadpools(opts.threadpool !== false, opts.threadpoolPoll, llama.gpu);
+  await installThreadpools(opts.threadpool !== false, opts.threadpoolPoll, llama.gpu, opts.pinThreads ?? "auto");
   await installGreedy(opts.syncGreedy !== false && opts.directDecode !== false, llama.gpu);
   await installHugepages(opts.hugepages !== false, llama.gpu);
   if (opts.gpu === "auto" && llama.gpu === false) {

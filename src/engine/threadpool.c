@@ -17,6 +17,11 @@
  * so a pool never runs two graphs at once and is never switched away from (switching pauses a pool).
  * When the backend is freed (its `free` is wrapped on first sight), its pool is freed too.
  *
+ * Pinning (shimmy_tp_install's pin): a pinned pool is made with ggml's strict CPU placement over the
+ * first n CPUs the process may use, so worker j (1..n-1) stays on CPU j-1. The thread that calls into
+ * llama.cpp is whichever of the addon's worker threads runs the decode; ggml pins only the one that made
+ * the pool, so set_threadpool moves the calling thread to the n-th CPU before every graph.
+ *
  * Layout assumptions, checked before anything is changed: ggml_backend_reg is {int api_version (2);
  * iface {get_name, get_device_count, get_device, get_proc_address}; context}; ggml_backend is
  * {guid; iface {get_name, free, ...}; ...}; both CPU objects name themselves "CPU".
@@ -34,6 +39,8 @@ typedef void (*params_init_t)(void *params, int n_threads);
 int pthread_mutex_init(void *mutex, void *attr);
 int pthread_mutex_lock(void *mutex);
 int pthread_mutex_unlock(void *mutex);
+int sched_getaffinity(int pid, unsigned long size, unsigned long *mask);
+int sched_setaffinity(int pid, unsigned long size, const unsigned long *mask);
 
 #define NSLOT 64
 
@@ -45,6 +52,13 @@ static tp_new_t tp_new;
 static tp_free_t tp_free;
 static params_init_t params_init;
 static unsigned poll_level;
+/* Pinning (shimmy_tp_install's pin): 0 never, 1 always, -1 when a pool's threads are as many as the CPUs allowed. */
+static int pin_mode;
+/* The CPUs this process may run on (its affinity at install), in order; at most 512 (ggml's mask size). */
+static int cpu_list[512];
+static int cpu_count;
+/* Per pinned pool: the CPU of the thread that calls into ggml (ggml's worker 0), or -1. */
+static int slot_main_cpu[NSLOT];
 
 /* pthread_mutex_t is at most 64 bytes on the platforms Bun supports; initialised by shimmy_tp_install. */
 static long long mutex_mem[16];
@@ -57,6 +71,7 @@ static int slot_threads[NSLOT];
 static int pools_created;
 static int pools_live;
 static int pools_refused;
+static int pools_pinned;
 
 static int streq(const char *a, const char *b) {
     if (!a || !b) return 0;
@@ -93,16 +108,28 @@ static void hook_free(void *backend) {
 
 static void hook_set_tp(void *backend, void *tp) {
     int i;
+    int cpu = -1;
+    unsigned long mask[8];
     if (!tp) {
         pthread_mutex_lock(mutex_mem);
         i = find_slot(backend);
-        if (i >= 0) tp = slot_pool[i];
+        if (i >= 0) {
+            tp = slot_pool[i];
+            cpu = slot_main_cpu[i];
+        }
         pthread_mutex_unlock(mutex_mem);
+    }
+    /* A pinned pool: the thread about to compute (any of the addon's worker threads) goes to worker 0's CPU. */
+    if (cpu >= 0) {
+        for (i = 0; i < 8; i++) mask[i] = 0;
+        mask[cpu / 64] = 1ul << (cpu % 64);
+        sched_setaffinity(0, sizeof(mask), mask);
     }
     real_set_tp(backend, tp);
 }
 
 static void hook_set_nt(void *backend, int n) {
+    int pin, k;
     void *pool;
     void *old = 0;
     void **free_slot;
@@ -133,6 +160,12 @@ static void hook_set_nt(void *backend, int n) {
     }
     params_init(params_mem, n);
     ((unsigned *)((char *)params_mem + 512 + 8))[0] = poll_level;
+    pin = pin_mode > 0 ? n <= cpu_count : pin_mode < 0 ? n == cpu_count : 0;
+    if (pin) {
+        /* ggml's strict placement: workers 1..n-1 on the first n-1 CPUs, worker 0 (the caller) on the n-th. */
+        for (k = 0; k < n; k++) ((char *)params_mem)[cpu_list[k]] = 1;
+        ((char *)params_mem)[512 + 12] = 1;
+    }
     pool = tp_new(params_mem);
     if (!pool) {
         pools_refused++;
@@ -147,6 +180,8 @@ static void hook_set_nt(void *backend, int n) {
     }
     slot_pool[i] = pool;
     slot_threads[i] = n;
+    slot_main_cpu[i] = pin ? cpu_list[n - 1] : -1;
+    if (pin) pools_pinned++;
     pools_created++;
     pthread_mutex_unlock(mutex_mem);
     /* Attaching the new pool pauses the old one, which only this backend used; then it can go. */
@@ -162,10 +197,13 @@ static void *hook_gpa(void *reg, const char *name) {
 
 /*
  * reg: the CPU backend registry (ggml_backend_reg_by_name("CPU")); init: ggml_threadpool_params_init;
- * poll: ggml's polling level 0..100 (llama.cpp's default is 50). Returns 0 when installed, or a reason
+ * poll: ggml's polling level 0..100 (llama.cpp's default is 50); pin: 1 pins every pool of at most as many
+ * threads as allowed CPUs, -1 only pools of exactly that many, 0 none. Returns 0 when installed, or a reason
  * code. The CPU backend's own free is learned from the first CPU backend seen (all share it).
  */
-int shimmy_tp_install(void *reg, void *init, int poll) {
+int shimmy_tp_install(void *reg, void *init, int poll, int pin) {
+    unsigned long mask[8];
+    int c;
     int *api_version = (int *)reg;
     void **iface = (void **)((char *)reg + sizeof(void *));
     gpa_t gpa;
@@ -183,6 +221,11 @@ int shimmy_tp_install(void *reg, void *init, int poll) {
     params_init(params_mem, 2);
     if (((int *)((char *)params_mem + 512))[0] != 2 || ((unsigned *)((char *)params_mem + 512 + 8))[0] != 50) return 6;
     poll_level = poll < 0 ? 0 : poll > 100 ? 100 : (unsigned)poll;
+    cpu_count = 0;
+    if (pin && sched_getaffinity(0, sizeof(mask), mask) == 0)
+        for (c = 0; c < 512; c++) if (mask[c / 64] >> (c % 64) & 1) cpu_list[cpu_count++] = c;
+    pin_mode = cpu_count ? pin : 0;
+    for (c = 0; c < NSLOT; c++) slot_main_cpu[c] = -1;
     pthread_mutex_init(mutex_mem, 0);
     real_gpa = gpa;
     iface[3] = (void *)hook_gpa;
@@ -192,3 +235,4 @@ int shimmy_tp_install(void *reg, void *init, int poll) {
 int shimmy_tp_created(void) { return pools_created; }
 int shimmy_tp_live(void) { return pools_live; }
 int shimmy_tp_refused(void) { return pools_refused; }
+int shimmy_tp_pinned(void) { return pools_pinned; }

@@ -13,6 +13,13 @@
  * /proc/self/maps, so it applies on Linux; elsewhere, or when anything does not match what it checks,
  * shimmy runs with node-llama-cpp's default and says why in the debug log. `SHIMMY_THREADPOOL=0`
  * turns it off.
+ *
+ * Pinning: by default a pool whose threads are as many as the CPUs the process may use keeps one
+ * thread per CPU (ggml's strict placement, plus the calling thread moved to its CPU before each graph).
+ * The addon's two worker threads take turns calling llama_decode; unpinned, the one that wakes can land
+ * on the CPU where ggml's worker runs, and that decode stalls until the scheduler separates them. On
+ * 2 cores (6-layer model, one stream) pinning cut the time lost to decodes over 1.3x the median from
+ * 73 to 43 ms per 64 tokens. `SHIMMY_PIN_THREADS` sets it (README, Performance).
  */
 import { readFileSync } from "node:fs";
 import path from "node:path";
@@ -37,10 +44,11 @@ export interface ThreadpoolState {
 }
 
 interface Shim {
-  shimmy_tp_install: (reg: unknown, init: unknown, poll: number) => number;
+  shimmy_tp_install: (reg: unknown, init: unknown, poll: number, pin: number) => number;
   shimmy_tp_created: () => number;
   shimmy_tp_live: () => number;
   shimmy_tp_refused: () => number;
+  shimmy_tp_pinned: () => number;
 }
 
 let state: ThreadpoolState | undefined;
@@ -76,15 +84,15 @@ export function loadedGgml(gpu: string | false, maps?: string): { ggml?: string;
  * node-llama-cpp has loaded llama.cpp (getLlama) and before contexts are created; contexts that exist
  * already keep node-llama-cpp's behaviour. Never throws.
  */
-export async function installThreadpools(enabled = true, poll = DEFAULT_POLL, gpu: string | false = false): Promise<ThreadpoolState> {
+export async function installThreadpools(enabled = true, poll = DEFAULT_POLL, gpu: string | false = false, pin: boolean | "auto" = "auto"): Promise<ThreadpoolState> {
   if (state) return state;
-  state = await install(enabled, poll, gpu);
-  if (state.installed) log.debug(`threadpool: persistent pools per context (poll ${poll})`);
+  state = await install(enabled, poll, gpu, pin);
+  if (state.installed) log.debug(`threadpool: persistent pools per context (poll ${poll}; pinned: ${pin === "auto" ? "when threads = CPUs" : pin ? "always" : "never"})`);
   else log.debug(`threadpool: node-llama-cpp's default (a fresh set of threads per decode): ${state.reason}`);
   return state;
 }
 
-async function install(enabled: boolean, poll: number, gpu: string | false): Promise<ThreadpoolState> {
+async function install(enabled: boolean, poll: number, gpu: string | false, pin: boolean | "auto"): Promise<ThreadpoolState> {
   if (!enabled) return { installed: false, reason: "turned off (SHIMMY_THREADPOOL=0)" };
   if (process.platform !== "linux") return { installed: false, reason: `not available on ${process.platform}` };
   try {
@@ -99,15 +107,16 @@ async function install(enabled: boolean, poll: number, gpu: string | false): Pro
     const compiled = cc({
       source: nativeSourceFile("threadpool", source),
       symbols: {
-        shimmy_tp_install: { args: [FFIType.ptr, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
+        shimmy_tp_install: { args: [FFIType.ptr, FFIType.ptr, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
         shimmy_tp_created: { args: [], returns: FFIType.i32 },
         shimmy_tp_live: { args: [], returns: FFIType.i32 },
         shimmy_tp_refused: { args: [], returns: FFIType.i32 },
+        shimmy_tp_pinned: { args: [], returns: FFIType.i32 },
       },
     });
     keep.push(compiled);
     const s = compiled.symbols as unknown as Shim;
-    const rc = s.shimmy_tp_install(reg, (base.symbols.ggml_threadpool_params_init as unknown as { ptr: unknown }).ptr, poll);
+    const rc = s.shimmy_tp_install(reg, (base.symbols.ggml_threadpool_params_init as unknown as { ptr: unknown }).ptr, poll, pin === "auto" ? -1 : pin ? 1 : 0);
     if (rc !== 0) return { installed: false, reason: REASONS[rc] ?? `install returned ${rc}` };
     shim = s;
     return { installed: true };
@@ -116,8 +125,8 @@ async function install(enabled: boolean, poll: number, gpu: string | false): Pro
   }
 }
 
-/** Pools made so far, pools alive now (one per live multi-threaded CPU context), backends refused. */
-export function threadpoolStats(): { installed: boolean; created: number; live: number; refused: number } {
-  if (!shim) return { installed: false, created: 0, live: 0, refused: 0 };
-  return { installed: true, created: shim.shimmy_tp_created(), live: shim.shimmy_tp_live(), refused: shim.shimmy_tp_refused() };
+/** Pools made so far, pools alive now (one per live multi-threaded CPU context), backends refused, pools made pinned. */
+export function threadpoolStats(): { installed: boolean; created: number; live: number; refused: number; pinned: number } {
+  if (!shim) return { installed: false, created: 0, live: 0, refused: 0, pinned: 0 };
+  return { installed: true, created: shim.shimmy_tp_created(), live: shim.shimmy_tp_live(), refused: shim.shimmy_tp_refused(), pinned: shim.shimmy_tp_pinned() };
 }

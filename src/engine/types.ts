@@ -200,6 +200,8 @@ export interface BackendOptions {
   threadpool?: boolean;
   /** The pools' polling level, 0..100 (default 0). */
   threadpoolPoll?: number;
+  /** Pin each pool's threads one per CPU: true, false, or "auto" (the default: when a context's threads are as many as the CPUs the process may use). */
+  pinThreads?: boolean | "auto";
   /** Plain generations run on shimmy's own decode loop over node-llama-cpp's native context (default true); false uses node-llama-cpp's LlamaCompletion. */
   directDecode?: boolean;
   /** Greedy requests on the decode loop are sampled synchronously from llama.cpp's logits (default true; Linux); false uses node-llama-cpp's sampler. */
