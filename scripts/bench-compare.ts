@@ -143,7 +143,6 @@ function startLlamaServer(bin: string, parallel: number, extra: string[] = []) {
 // ---------------------------------------------------------------------------------------------
 // Clients: each returns what the client observed.
 
-
 /** The lines of a byte stream. */
 async function* lines(stream: ReadableStream<Uint8Array>): AsyncGenerator<string> {
   const decoder = new TextDecoder();

@@ -19,7 +19,7 @@
  * The addon's two worker threads take turns calling llama_decode; unpinned, the one that wakes can land
  * on the CPU where ggml's worker runs, and that decode stalls until the scheduler separates them. On
  * 2 cores (6-layer model, one stream) pinning cut the time lost to decodes over 1.3x the median from
- * 73 to 43 ms per 64 tokens. `SHIMMY_PIN_THREADS` sets it (README, Performance).
+ * 67 to 39 ms per 64 tokens (medians of 16 alternating rounds). `SHIMMY_PIN_THREADS` sets it (README, Performance).
  */
 import { readFileSync } from "node:fs";
 import path from "node:path";
