@@ -80,6 +80,8 @@ export interface Config {
   directDecode: boolean;
   /** Greedy requests (temperature 0, no penalties or logit bias) on shimmy's decode loop take the argmax of llama.cpp's logits synchronously instead of an async native sampling call per token (Linux). Default true. Env `SHIMMY_SYNC_GREEDY=0` turns it off (node-llama-cpp's sampler), for comparison. */
   syncGreedy: boolean;
+  /** Generation steps on shimmy's decode loop call llama_decode on the JavaScript thread instead of an addon worker thread (Linux): `true`, `false`, or `auto` (default: while the last step took under 50 ms; a step blocks the event loop that long). Env `SHIMMY_SYNC_DECODE=0|1|auto`. */
+  syncDecode: boolean | "auto";
   /** On the CPU backend (Linux), a loaded model's buffers (weights read into memory, KV cache) move onto transparent huge pages. Default true. Env `SHIMMY_HUGEPAGES=0` turns it off. */
   hugepages: boolean;
   /** Serve the browser playground at `/`. Default true. Env `SHIMMY_PLAYGROUND=0`, flag `--no-playground`. */
@@ -279,6 +281,7 @@ export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, 
     pinThreads: parseAuto("SHIMMY_PIN_THREADS", env.SHIMMY_PIN_THREADS),
     hugepages: !["0", "false", "no", "off"].includes((env.SHIMMY_HUGEPAGES ?? "").toLowerCase()),
     syncGreedy: !["0", "false", "no", "off"].includes((env.SHIMMY_SYNC_GREEDY ?? "").toLowerCase()),
+    syncDecode: parseAuto("SHIMMY_SYNC_DECODE", env.SHIMMY_SYNC_DECODE),
     directDecode: !["0", "false", "no", "off"].includes((env.SHIMMY_DIRECT_DECODE ?? "").toLowerCase()),
     playground: overrides.playground ?? !["0", "false", "no", "off"].includes((env.SHIMMY_PLAYGROUND ?? "").toLowerCase()),
     memoryLimit: parseBytes("SHIMMY_MEMORY_LIMIT", env.SHIMMY_MEMORY_LIMIT),

@@ -4,6 +4,7 @@
  * ascending sequence order (its queue order split a step into several llama.cpp ubatches).
  */
 import { expect, test } from "bun:test";
+import { existingStepper, type SyncDecoder } from "../src/engine/stepper.ts";
 import { engineFixtures } from "./helpers.ts";
 
 const ctx = engineFixtures();
@@ -11,8 +12,13 @@ const ctx = engineFixtures();
 test("4 concurrent streams: each decode step holds all 4 tokens, in sequence order, on slots 0-3", async () => {
   const { engine } = ctx;
   const loaded = await engine.load("tiny");
-  // Count the tokens of each native decode call (test-only view of node-llama-cpp's context).
+  // Count the tokens of each native decode call (test-only view of node-llama-cpp's context), and of
+  // each step decoded on the JavaScript thread (the stepper's synchronous decoder).
+  await engine.complete("tiny", { prompt: "warm up", maxTokens: 2, temperature: 0 });
   const context = (loaded.native as unknown as { pool: { context: { _ctx: Record<string, (...a: unknown[]) => unknown> } } }).pool.context;
+  const stepper = existingStepper(context as never) as unknown as { syncDecoder: () => SyncDecoder | undefined; syncSteps: number };
+  const ownSync = stepper.syncDecoder;
+  const syncBefore = stepper.syncSteps;
   const native = context._ctx;
   const steps: number[] = [];
   const order: number[][] = [];
@@ -26,6 +32,10 @@ test("4 concurrent streams: each decode step holds all 4 tokens, in sequence ord
       return typeof v === "function" ? v.bind(t) : v;
     },
   });
+  stepper.syncDecoder = () => {
+    const d = ownSync();
+    return d && { decode: (n, tokens, pos, seq, flags) => (steps.push(n), order.push([...seq.subarray(0, n)]), d.decode(n, tokens, pos, seq, flags)) };
+  };
   try {
     const tokens = 48;
     const results = await Promise.all([0, 1, 2, 3].map((i) => engine.complete("tiny", { prompt: `story ${i}:`, maxTokens: tokens, temperature: 0 })));
@@ -38,8 +48,11 @@ test("4 concurrent streams: each decode step holds all 4 tokens, in sequence ord
     // (with a KV cache per sequence it splits a step wherever the ids do not ascend by one).
     for (const ids of order) expect(ids).toEqual([...ids].sort((a, b) => a - b));
     expect(new Set(order.flat())).toEqual(new Set([0, 1, 2, 3]));
+    // On Linux most of those steps ran on the JavaScript thread (short steps, SHIMMY_SYNC_DECODE=auto).
+    if (process.platform === "linux") expect(stepper.syncSteps - syncBefore).toBeGreaterThanOrEqual(tokens - 5);
   } finally {
     context._ctx = native;
+    stepper.syncDecoder = ownSync;
   }
 });
 

@@ -50,6 +50,10 @@ describe("config", () => {
     expect(loadConfig({}, { SHIMMY_PIN_THREADS: "0" })).toMatchObject({ pinThreads: false });
     expect(loadConfig({}, { SHIMMY_PIN_THREADS: "on" })).toMatchObject({ pinThreads: true });
     expect(() => loadConfig({}, { SHIMMY_PIN_THREADS: "maybe" })).toThrow(/SHIMMY_PIN_THREADS must be 0, 1 or auto/);
+    expect(loadConfig({}, {})).toMatchObject({ syncDecode: "auto" });
+    expect(loadConfig({}, { SHIMMY_SYNC_DECODE: "off" })).toMatchObject({ syncDecode: false });
+    expect(loadConfig({}, { SHIMMY_SYNC_DECODE: "1" })).toMatchObject({ syncDecode: true });
+    expect(() => loadConfig({}, { SHIMMY_SYNC_DECODE: "fast" })).toThrow(/SHIMMY_SYNC_DECODE must be 0, 1 or auto/);
   });
 
   test("chat templates: a default and per-model items; built-in names or Jinja files", () => {

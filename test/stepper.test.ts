@@ -8,13 +8,14 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { Engine } from "../src/engine/engine.ts";
 import { ModelRegistry } from "../src/engine/registry.ts";
 import type { GenerateOptions } from "../src/engine/types.ts";
-import { existingStepper } from "../src/engine/stepper.ts";
+import { existingStepper, type SyncDecoder } from "../src/engine/stepper.ts";
 import { makeFixtures } from "./helpers.ts";
 
 let fx: Awaited<ReturnType<typeof makeFixtures>>;
 let direct: Engine;
 let stock: Engine;
-const make = (directDecode: boolean, parallel = 2) => new Engine(new ModelRegistry({ modelDirs: [fx.dir] }, fx.dir), { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: 1024, chatTemplate: "auto", parallel, directDecode });
+const make = (directDecode: boolean, parallel = 2, syncDecode: boolean | "auto" = "auto") =>
+  new Engine(new ModelRegistry({ modelDirs: [fx.dir] }, fx.dir), { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: 1024, chatTemplate: "auto", parallel, directDecode, syncDecode });
 
 beforeAll(async () => {
   fx = await makeFixtures();
@@ -33,6 +34,9 @@ async function spy(engine: Engine) {
   const context = (loaded.native as unknown as { pool: { context: Ctx } }).pool.context;
   const native = context._ctx;
   const counts = { decodes: 0, dispatcher: 0 };
+  // Steps decoded on the JavaScript thread (SHIMMY_SYNC_DECODE) count too.
+  const stepper = existingStepper(context as never);
+  const syncBefore = stepper?.syncSteps ?? 0;
   context._ctx = new Proxy(native, {
     get(t, p) {
       if (p === "decodeBatch") return (...a: unknown[]) => (counts.decodes++, t.decodeBatch!(...a));
@@ -44,6 +48,8 @@ async function spy(engine: Engine) {
   context._decodeTokens = (...a: unknown[]) => (counts.dispatcher++, own.apply(context, a));
   return {
     counts,
+    /** Native decode calls, either way. */
+    decodes: () => counts.decodes + (existingStepper(context as never)?.syncSteps ?? 0) - syncBefore,
     restore() {
       context._ctx = native;
       delete (context as Partial<Ctx>)._decodeTokens;
@@ -77,7 +83,7 @@ test("plain generations decode on shimmy's loop; with directDecode off they go t
     const b = await stock.complete("tiny", { prompt: "count with me", temperature: 0, maxTokens: 16 });
     expect(a.text).toBe(b.text);
     // 1 prompt step + 15 token steps (the 16th token is sampled, not decoded).
-    expect(d.counts.decodes).toBe(16);
+    expect(d.decodes()).toBe(16);
     expect(d.counts.dispatcher).toBe(0);
     expect(s.counts.dispatcher).toBeGreaterThanOrEqual(16);
   } finally {
@@ -164,5 +170,101 @@ test("requests sent together evaluate their prompts in one step; contexts use fl
     expect(Math.min(...steps[0]!)).toBeGreaterThan(1);
   } finally {
     context._ctx = native;
+  }
+});
+
+type SyncView = { syncDecoder: () => SyncDecoder | undefined; syncSteps: number };
+const stepperOf = async (e: Engine) => {
+  const loaded = await e.load("tiny");
+  return existingStepper((loaded.native as unknown as { pool: { context: object } }).pool.context as never) as unknown as SyncView | undefined;
+};
+
+test("generation steps on the JavaScript thread (syncDecode) give what the addon's worker gives, one or several streams", async () => {
+  if (process.platform !== "linux") return;
+  const on = make(true, 2, true);
+  const off = make(true, 2, false);
+  try {
+    const cases: GenerateOptions[] = [
+      { prompt: "count with me", temperature: 0, maxTokens: 24 },
+      { prompt: "once upon", temperature: 0.8, seed: 7, maxTokens: 24 },
+      { messages: [{ role: "user", content: "hi there" }], temperature: 0, maxTokens: 24, stop: ["e"] },
+    ];
+    // Generation steps: one per token after the first (each request's first comes from its prompt step).
+    let steps = 0;
+    for (const c of cases) {
+      const a = await on.complete("tiny", c);
+      const b = await off.complete("tiny", c);
+      expect({ text: a.text, finish: a.finishReason }).toEqual({ text: b.text, finish: b.finishReason });
+      steps += a.timings.generatedTokens - 1;
+    }
+    const both = (e: Engine) => Promise.all(["the sea", "a cat"].map((prompt) => e.complete("tiny", { prompt, temperature: 0, maxTokens: 20 })));
+    expect((await both(on)).map((r) => r.text)).toEqual((await both(off)).map((r) => r.text));
+    // Every generation step of `on` ran on this thread (the two streams share at least 19); none of `off`'s did.
+    expect((await stepperOf(on))!.syncSteps).toBeGreaterThanOrEqual(steps + 19);
+    expect((await stepperOf(off))!.syncSteps).toBe(0);
+  } finally {
+    await on.close();
+    await off.close();
+  }
+});
+
+test("syncDecode auto: the first generation step goes to the addon's worker and is timed; short steps then run on this thread", async () => {
+  if (process.platform !== "linux") return;
+  const e = make(true, 1, "auto");
+  try {
+    const r = await e.complete("tiny", { prompt: "count with me", temperature: 0, maxTokens: 12 });
+    expect(r.timings.generatedTokens).toBe(12);
+    // 11 generation steps: the first one async (nothing measured yet), the other 10 here (the tiny model's steps take about a millisecond).
+    expect((await stepperOf(e))!.syncSteps).toBe(10);
+  } finally {
+    await e.close();
+  }
+});
+
+test("a step on the JavaScript thread lets the event loop run first: every token, other work gets its turn", async () => {
+  if (process.platform !== "linux") return;
+  const e = make(true, 1, true);
+  try {
+    // At each token, schedule a macrotask; it must have run by the next token (a loop that never
+    // yields would run the whole generation in microtasks, and the first would run only at the end).
+    let ran = 0;
+    let checked = 0;
+    let expected = 0;
+    for await (const ev of e.generate("tiny", { prompt: "count with me", temperature: 0, maxTokens: 24 })) {
+      if (ev.type !== "token") continue;
+      expect(ran).toBe(expected);
+      checked++;
+      expected++;
+      setImmediate(() => ran++);
+    }
+    expect(checked).toBeGreaterThan(10);
+    expect((await stepperOf(e))!.syncSteps).toBeGreaterThan(10);
+  } finally {
+    await e.close();
+  }
+});
+
+test("a failing decode on the JavaScript thread fails the request with node-llama-cpp's message, and the model keeps serving", async () => {
+  if (process.platform !== "linux") return;
+  const e = make(true, 1, true);
+  try {
+    const stepper = (await stepperOf(e)) ?? (await e.complete("tiny", { prompt: "warm", temperature: 0, maxTokens: 3 }), await stepperOf(e))!;
+    const own = stepper.syncDecoder;
+    let calls = 0;
+    stepper.syncDecoder = () => {
+      const d = own();
+      return d && { decode: (...a: Parameters<SyncDecoder["decode"]>) => (++calls === 3 ? 1 : d.decode(...a)) };
+    };
+    try {
+      const err = await e.complete("tiny", { prompt: "boom", temperature: 0, maxTokens: 8 }).catch((x) => x);
+      expect(err).toBeInstanceOf(Error);
+      expect(err.message).toMatch(/generation failed: could not find a KV slot for the batch/);
+    } finally {
+      stepper.syncDecoder = own;
+    }
+    const ok = await e.complete("tiny", { prompt: "fine again", temperature: 0, maxTokens: 8 });
+    expect(ok.timings.generatedTokens).toBe(8);
+  } finally {
+    await e.close();
   }
 });

@@ -121,7 +121,8 @@ const engine = new Engine(new ModelRegistry({ baseGguf: ${JSON.stringify(fx.tiny
 const name = (await engine.list())[0].name;
 const r = await engine.complete(name, { prompt: ${JSON.stringify(PROMPT)}, maxTokens: 24, temperature: 0 });
 const threads = readdirSync("/proc/self/task").map((t) => /Cpus_allowed_list:\\s*(\\S+)/.exec(readFileSync("/proc/self/task/" + t + "/status", "utf8"))[1]);
-console.log(JSON.stringify({ text: r.text, pinned: threadpoolStats().pinned, threads }));
+const main = /Cpus_allowed_list:\\s*(\\S+)/.exec(readFileSync("/proc/self/task/" + process.pid + "/status", "utf8"))[1];
+console.log(JSON.stringify({ text: r.text, pinned: threadpoolStats().pinned, threads, main }));
 await engine.close();
 process.exit(0);
 `,
@@ -129,7 +130,7 @@ process.exit(0);
   const proc = Bun.spawn(["bun", script], { stdout: "pipe", stderr: "pipe", env: { ...process.env, SHIMMY_LOG: "warn" } });
   const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
   if (code !== 0) throw new Error(`pin=${pin} exited ${code}: ${err}`);
-  return JSON.parse(out.trim().split("\n").at(-1)!) as { text: string; pinned: number; threads: string[] };
+  return JSON.parse(out.trim().split("\n").at(-1)!) as { text: string; pinned: number; threads: string[]; main: string };
 }
 
 test.if(allowed.length >= 2)("pinned pools keep ggml's worker on the first allowed CPU and the calling thread on the second; unpinned ones touch no affinity; same text", async () => {
@@ -140,6 +141,8 @@ test.if(allowed.length >= 2)("pinned pools keep ggml's worker on the first allow
   expect(single).toContain(allowed[0]); // ggml's worker 1
   expect(single).toContain(allowed[1]); // the thread that ran the decode
   expect(single.every((c) => c === allowed[0] || c === allowed[1])).toBe(true);
+  // The JavaScript thread decodes short steps itself (SHIMMY_SYNC_DECODE) and gets its CPUs back after each.
+  expect(cpus(on.main)).toEqual(allowed);
   expect(off.pinned).toBe(0);
   expect(off.threads.every((t) => cpus(t).length === allowed.length)).toBe(true);
   expect(on.text).toBe(off.text);

@@ -62,3 +62,57 @@ void *shimmy_gr_take(void) {
     armed = 0;
     return captured;
 }
+
+/*
+ * Synchronous decode (stepper.ts's short steps): llama_decode on the calling thread, with a batch built
+ * here. struct llama_batch as llama.h (b6xxx) defines it; passed by value as llama_decode takes it.
+ */
+typedef struct {
+    int n_tokens;
+    int *token;
+    float *embd;
+    int *pos;
+    int *n_seq_id;
+    int **seq_id;
+    signed char *logits;
+} shimmy_batch;
+typedef int (*decode_t)(void *ctx, shimmy_batch batch);
+int sched_getaffinity(int pid, unsigned long size, unsigned long *mask);
+int sched_setaffinity(int pid, unsigned long size, const unsigned long *mask);
+typedef void (*sync_t)(void *ctx);
+
+#define SYNC_MAX 64
+static int sd_nseq[SYNC_MAX];
+static int *sd_seqp[SYNC_MAX];
+static signed char sd_logits[SYNC_MAX];
+
+/*
+ * n tokens (at most 64): tokens[i] at pos[i] of sequence seq[i]; flags[i] nonzero where logits are wanted.
+ * The calling thread's CPU affinity is put back afterwards: a pinned threadpool (threadpool.c) moves
+ * the thread that computes to its CPU, and the JavaScript thread must not stay there (the processes
+ * it starts would inherit one CPU).
+ */
+int shimmy_gr_decode(void *decode, void *sync, void *ctx, int n, int *tokens, int *pos, int *seq, unsigned char *flags) {
+    shimmy_batch b;
+    unsigned long saved[16];
+    int have;
+    int i, r;
+    if (n <= 0 || n > SYNC_MAX) return -100;
+    for (i = 0; i < n; i++) {
+        sd_nseq[i] = 1;
+        sd_seqp[i] = seq + i;
+        sd_logits[i] = flags[i] ? 1 : 0;
+    }
+    b.n_tokens = n;
+    b.token = tokens;
+    b.embd = 0;
+    b.pos = pos;
+    b.n_seq_id = sd_nseq;
+    b.seq_id = sd_seqp;
+    b.logits = sd_logits;
+    have = sched_getaffinity(0, sizeof saved, saved) == 0;
+    r = ((decode_t)decode)(ctx, b);
+    if (r == 0) ((sync_t)sync)(ctx);
+    if (have) sched_setaffinity(0, sizeof saved, saved);
+    return r;
+}

@@ -37,6 +37,7 @@ interface Native {
   shimmy_gr_arm: () => void;
   shimmy_gr_take: () => number | null;
   shimmy_gr_previous: () => number | null;
+  shimmy_gr_decode: (decode: number, sync: number, ctx: number, n: number, tokens: Int32Array, pos: Int32Array, seq: Int32Array, flags: Uint8Array) => number;
 }
 
 interface Llama {
@@ -46,6 +47,8 @@ interface Llama {
   llama_get_model: (ctx: number) => number | null;
   llama_model_get_vocab: (model: number) => number | null;
   llama_vocab_n_tokens: (vocab: number) => number;
+  llama_decode: { ptr: number };
+  llama_synchronize: { ptr: number };
 }
 
 /** The parts of node-llama-cpp's AddonContext used here. */
@@ -109,6 +112,8 @@ async function install(gpu: string | false): Promise<GreedyState> {
       llama_get_model: { args: [FFIType.ptr], returns: FFIType.ptr },
       llama_model_get_vocab: { args: [FFIType.ptr], returns: FFIType.ptr },
       llama_vocab_n_tokens: { args: [FFIType.ptr], returns: FFIType.i32 },
+      llama_decode: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+      llama_synchronize: { args: [FFIType.ptr], returns: FFIType.void },
     });
     keep.push(l);
     const real = (l.symbols.llama_n_threads as unknown as { ptr: number }).ptr;
@@ -119,6 +124,7 @@ async function install(gpu: string | false): Promise<GreedyState> {
         shimmy_gr_arm: { args: [], returns: FFIType.void },
         shimmy_gr_take: { args: [], returns: FFIType.ptr },
         shimmy_gr_previous: { args: [], returns: FFIType.ptr },
+        shimmy_gr_decode: { args: [FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.i32, FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
       },
     });
     keep.push(compiled);
@@ -164,6 +170,11 @@ export class GreedyContext {
     private readonly nVocab: number,
     private readonly onMismatch: () => void,
   ) {}
+
+  /** Decodes a batch on the calling thread (llama_decode + llama_synchronize); returns llama_decode's result. */
+  decode(n: number, tokens: Int32Array, pos: Int32Array, seq: Int32Array, flags: Uint8Array): number {
+    return native!.shimmy_gr_decode(lib!.llama_decode.ptr, lib!.llama_synchronize.ptr, this.ctx, n, tokens, pos, seq, flags);
+  }
 
   /** The greedy token of output row `i` of the context's last decode; -1 when llama.cpp has no logits for it. */
   private argmax(i: number): number {

@@ -240,7 +240,7 @@ export async function openBackend(opts: BackendOptions): Promise<NativeBackend> 
     throw new BackendError(`cannot start llama.cpp with --gpu ${opts.gpu}: ${why ?? (err as Error).message}`, { cause: err });
   }
   await installThreadpools(opts.threadpool !== false, opts.threadpoolPoll, llama.gpu, opts.pinThreads ?? "auto");
-  await installGreedy(opts.syncGreedy !== false && opts.directDecode !== false, llama.gpu);
+  await installGreedy((opts.syncGreedy !== false || opts.syncDecode !== false) && opts.directDecode !== false, llama.gpu);
   await installHugepages(opts.hugepages !== false, llama.gpu);
   if (opts.gpu === "auto" && llama.gpu === false) {
     const why = await whyNoGpu();
@@ -382,7 +382,7 @@ export class NativeBackend {
       const context = await makeContext(entry.loras ?? []);
       // Vulkan decodes through node-llama-cpp's dispatcher, which serialises decodes across contexts (a Vulkan crash workaround).
       const direct = this.opts.directDecode !== false && this.llama.gpu !== "vulkan";
-      return new NativeModel(model, context, entry.loras ?? [], makeContext, this.opts.chatTemplates?.[entry.name] ?? this.opts.chatTemplate, threads, this.opts.maxQueue, direct, useMmap, this.opts.syncGreedy !== false);
+      return new NativeModel(model, context, entry.loras ?? [], makeContext, this.opts.chatTemplates?.[entry.name] ?? this.opts.chatTemplate, threads, this.opts.maxQueue, direct, useMmap, this.opts.syncGreedy !== false, this.opts.syncDecode ?? "auto");
     } catch (err) {
       await model?.dispose().catch(() => {});
       if (err instanceof InsufficientMemoryError) throw new OverloadedError(`not enough memory to load ${entry.name}: ${err.message}; unload a model, lower --parallel or --ctx-size`, { cause: err });
@@ -733,6 +733,8 @@ export class NativeModel {
     readonly mapped = true,
     /** Greedy requests on the decode loop are sampled synchronously where greedy.ts is installed. */
     private readonly syncGreedy = true,
+    /** Generation steps on the JavaScript thread (stepper.ts's syncStep): true, false or "auto". */
+    private readonly syncDecode: boolean | "auto" = "auto",
   ) {
     this.pool = new SlotPool(context, loras, maxQueue);
   }
@@ -1160,9 +1162,11 @@ export class NativeModel {
       return native.sampleToken(idx, sampler) as Promise<number>;
     };
     // Greedy requests: the argmax of llama.cpp's logits, synchronously (greedy.ts).
-    const greedy = this.syncGreedy && sampling.temperature <= 0 && !sampling.tokenBias && !penalty ? greedyFor((context as unknown as { _ctx: NativeContextLike & { getThreads(): number; getContextSize(): number } })._ctx) : undefined;
+    const addon = (context as unknown as { _ctx: NativeContextLike & { getThreads(): number; getContextSize(): number } })._ctx;
+    const greedy = this.syncGreedy && sampling.temperature <= 0 && !sampling.tokenBias && !penalty ? greedyFor(addon) : undefined;
     const sample = greedy ? (native: NativeContextLike, idx: number) => greedy.sample(idx, () => nativeSample(native, idx)) : nativeSample;
-    const stepper = stepperFor(context, () => runTruncations(context), () => POOLS.get(context)?.busy ?? 0);
+    const syncDecode = this.syncDecode;
+    const stepper = stepperFor(context, () => runTruncations(context), () => POOLS.get(context)?.busy ?? 0, syncDecode === false ? undefined : () => greedyFor(addon), syncDecode);
     const finishStop = (): GenerateResult => {
       const matched = run.matcher.matched;
       return matched !== undefined && userStops.includes(matched) ? { ...clock.result(run.text, "stop"), stopSequence: matched } : clock.result(run.text, "stop");

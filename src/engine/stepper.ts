@@ -69,6 +69,20 @@ interface Entry {
 /** How long a step waits for the context's lock before handing its tokens to node-llama-cpp's dispatcher. */
 const LOCK_WAIT_MS = 5;
 
+/** Decodes a batch on the calling thread (greedy.ts); returns llama_decode's result (0 on success). */
+export interface SyncDecoder {
+  decode(n: number, tokens: Int32Array, pos: Int32Array, seq: Int32Array, flags: Uint8Array): number;
+}
+
+/** Most sequences a generation step decodes on the JavaScript thread (greedy.c's batch size). */
+const SYNC_MAX = 64;
+/**
+ * With `syncDecode: "auto"`, generation steps are decoded on the JavaScript thread while the last one
+ * took less than this: a step blocks the event loop for its duration, and above it the thread hops it
+ * saves (under 0.5 ms a step) are under 1%.
+ */
+export const SYNC_AUTO_MS = 50;
+
 /** Sequences submitting after a step get until the next event-loop turn to join the next batch. */
 const DEFER = () => new Promise<void>((r) => setImmediate(r));
 /** Longest a prompt waits for other requests that hold a slot to queue theirs. */
@@ -90,7 +104,16 @@ export class Stepper {
     private readonly beforeStep: () => void = () => {},
     /** Sequences holding a slot of this context (some may be about to queue their prompt). */
     private readonly busySlots: () => number = () => 0,
+    /** The context's synchronous decoder, when it has one (looked up per step: it can be withdrawn). */
+    private readonly syncDecoder: () => SyncDecoder | undefined = () => undefined,
+    /** Generation steps on the JavaScript thread: always, never, or while steps are short ("auto"). */
+    private readonly syncDecode: boolean | "auto" = "auto",
   ) {}
+  /** The last generation step's decode time (ms), either way. */
+  private lastStepMs: number | undefined;
+  /** Generation steps decoded on the JavaScript thread (for tests and the debug log). */
+  syncSteps = 0;
+  private readonly sd = { tokens: new Int32Array(SYNC_MAX), pos: new Int32Array(SYNC_MAX), seq: new Int32Array(SYNC_MAX), flags: new Uint8Array(SYNC_MAX) };
 
   /** How many queued sequences a step waits for: every generating one, and (for a prompt step) every busy slot. */
   private wanted(prompt: boolean): number {
@@ -214,9 +237,15 @@ export class Stepper {
       if (take[i]! > 0) batch.push({ e, n: take[i]!, logits: take[i] === e.tokens.length });
       else this.queue.push(e);
     });
-    try {
-      let total = 0;
-      for (const b of batch) total += b.n;
+    let total = 0;
+    for (const b of batch) total += b.n;
+    // A generation step (one token per sequence) may run on this thread: see syncStep.
+    const generation = total === batch.length && total <= SYNC_MAX;
+    const sync = generation && (this.syncDecode === true || (this.syncDecode === "auto" && this.lastStepMs !== undefined && this.lastStepMs < SYNC_AUTO_MS)) ? this.syncDecoder() : undefined;
+    const t0 = performance.now();
+    if (sync) {
+      if (!(await this.syncStep(sync, batch))) return;
+    } else try {
       native.initBatch(total);
       for (const b of batch) {
         const chunk = b.n === b.e.tokens.length ? b.e.tokens : b.e.tokens.slice(0, b.n);
@@ -227,6 +256,7 @@ export class Stepper {
       for (const b of batch) b.e.reject(err);
       return;
     }
+    if (generation && !sync) this.lastStepMs = performance.now() - t0;
     for (const b of batch) {
       const s = b.e.seq;
       const chunk = b.e.tokens.splice(0, b.n);
@@ -249,6 +279,40 @@ export class Stepper {
       }
     }
     if (pending.length) await Promise.all(pending);
+  }
+
+  /**
+   * A generation step decoded on the JavaScript thread (llama_decode through greedy.ts), instead of an
+   * async call that runs it on one of the addon's worker threads and resolves through the event loop.
+   * That round trip (the worker woken, then the JavaScript thread woken) cost 0.5-1 ms per token on
+   * 2 cores: 6-layer model, one stream, 11.1 against 10.2 ms per token (8 alternating rounds). The
+   * step first lets the event loop run twice, so the previous token's text reaches its socket
+   * (after one turn it was still queued, and each token arrived one decode late) and new requests
+   * and disconnects are seen; then it blocks the loop for the decode. Returns false when the decode
+   * failed (every sequence in the batch was rejected).
+   */
+  private async syncStep(sync: SyncDecoder, batch: Array<{ e: Entry; n: number; logits: boolean; idx?: number }>): Promise<boolean> {
+    await DEFER();
+    await DEFER();
+    const { tokens, pos, seq, flags } = this.sd;
+    let k = 0;
+    for (const b of batch) {
+      tokens[k] = b.e.tokens[0]!;
+      pos[k] = b.e.seq._nextTokenIndex;
+      seq[k] = b.e.seq._sequenceId;
+      flags[k] = b.logits ? 1 : 0;
+      if (b.logits) b.idx = k;
+      k++;
+    }
+    const t0 = performance.now();
+    const r = sync.decode(k, tokens, pos, seq, flags);
+    this.lastStepMs = performance.now() - t0;
+    this.syncSteps++;
+    if (r === 0) return true;
+    // node-llama-cpp's messages for the same results.
+    const err = new Error(r === 1 ? "could not find a KV slot for the batch (try reducing the size of the batch or increase the context)" : "Eval has failed");
+    for (const b of batch) b.e.reject(err);
+    return false;
   }
 
   /**
@@ -285,9 +349,15 @@ export class Stepper {
 const STEPPERS = new WeakMap<LlamaContext, Stepper>();
 
 /** The context's stepper (created on first use). */
-export function stepperFor(context: LlamaContext, beforeStep?: () => void, busySlots?: () => number): Stepper {
+export function stepperFor(
+  context: LlamaContext,
+  beforeStep?: () => void,
+  busySlots?: () => number,
+  syncDecoder?: () => SyncDecoder | undefined,
+  syncDecode?: boolean | "auto",
+): Stepper {
   let s = STEPPERS.get(context);
-  if (!s) STEPPERS.set(context, (s = new Stepper(context, beforeStep, busySlots)));
+  if (!s) STEPPERS.set(context, (s = new Stepper(context, beforeStep, busySlots, syncDecoder, syncDecode)));
   return s;
 }
 

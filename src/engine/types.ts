@@ -206,6 +206,8 @@ export interface BackendOptions {
   directDecode?: boolean;
   /** Greedy requests on the decode loop are sampled synchronously from llama.cpp's logits (default true; Linux); false uses node-llama-cpp's sampler. */
   syncGreedy?: boolean;
+  /** Generation steps call llama_decode on the JavaScript thread: true, false, or "auto" (the default: while the last step took under 50 ms; Linux). */
+  syncDecode?: boolean | "auto";
   /** On the CPU backend (Linux), the buffers a model load fills (weights read into memory, KV cache) move onto transparent huge pages (default true). */
   hugepages?: boolean;
   /** Bytes a model load may need at most (weights + context estimate); default: the memory available now. */
