@@ -131,14 +131,17 @@ maybe("single-file executable", () => {
     expect(on.stderr).toContain("threadpool: persistent pools per context");
     // Synchronous greedy sampling (greedy.c, also TinyCC) installs and checks out in the binary too.
     expect(on.stderr).toContain("sampling: greedy requests sampled synchronously");
+    // ...and so do decode steps on the JavaScript thread (greedy.c's llama_decode call).
+    expect(on.stderr).toContain("decode: short generation steps on the JavaScript thread");
     // Huge pages for llama.cpp's big buffers (hugepages.c, TinyCC) install in the binary too.
     if (!readFileSync("/sys/kernel/mm/transparent_hugepage/enabled", "utf8").includes("[never]")) expect(on.stderr).toContain("hugepages: llama.cpp's CPU buffers of 16 MiB or more ask for transparent huge pages");
     expect(on.stderr).not.toContain("did not check out");
     expect(on.stderr).not.toContain("differs from node-llama-cpp's");
-    const off = await run(args, { home, env: { SHIMMY_LOG: "debug", SHIMMY_THREADPOOL: "0", SHIMMY_SYNC_GREEDY: "0", SHIMMY_HUGEPAGES: "0" } });
+    const off = await run(args, { home, env: { SHIMMY_LOG: "debug", SHIMMY_THREADPOOL: "0", SHIMMY_SYNC_GREEDY: "0", SHIMMY_SYNC_DECODE: "0", SHIMMY_HUGEPAGES: "0" } });
     expect(off.code).toBe(0);
     expect(off.stderr).toContain("threadpool: node-llama-cpp's default");
     expect(off.stderr).toContain("sampling: node-llama-cpp's sampler for every request: turned off");
+    expect(off.stderr).toContain("decode: every step on the addon's worker threads: turned off");
     expect(off.stderr).toContain("hugepages: not used: turned off (SHIMMY_HUGEPAGES=0)");
     expect(on.stdout).toBe(off.stdout);
     expect(on.stdout.length).toBeGreaterThan(0);

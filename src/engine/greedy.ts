@@ -73,19 +73,28 @@ export function greedyStats(): { installed: boolean; sampled: number } {
 }
 
 /**
- * Installs the wrapper, once per process, after node-llama-cpp has loaded llama.cpp (getLlama).
- * `gpu` picks the loaded build as threadpool.ts does. Never throws.
+ * Installs the wrapper, once per process, after node-llama-cpp has loaded llama.cpp (getLlama), for
+ * synchronous greedy sampling and for synchronous decode steps (stepper.ts), whichever this engine
+ * uses (`use`). `gpu` picks the loaded build as threadpool.ts does. Never throws.
  */
-export async function installGreedy(enabled = true, gpu: string | false = false): Promise<GreedyState> {
+export async function installGreedy(use: { sampling: boolean; decode: boolean } = { sampling: true, decode: true }, gpu: string | false = false): Promise<GreedyState> {
+  const SAMPLING_OFF = "sampling: node-llama-cpp's sampler for every request";
+  const DECODE_OFF = "decode: every step on the addon's worker threads";
   // Turned off for this engine: nothing is installed (another engine of the process may still install it).
-  if (!enabled) {
-    const off = { installed: false, reason: "turned off (SHIMMY_SYNC_GREEDY=0, or SHIMMY_DIRECT_DECODE=0)" };
-    log.debug(`sampling: node-llama-cpp's sampler for every request: ${off.reason}`);
+  if (!use.sampling && !use.decode) {
+    const off = { installed: false, reason: "turned off (SHIMMY_SYNC_GREEDY=0 and SHIMMY_SYNC_DECODE=0, or SHIMMY_DIRECT_DECODE=0)" };
+    log.debug(`${SAMPLING_OFF}: ${off.reason}`);
+    log.debug(`${DECODE_OFF}: ${off.reason}`);
     return off;
   }
-  if (state) return state;
-  state = await install(gpu);
-  log.debug(state.installed ? "sampling: greedy requests sampled synchronously" : `sampling: node-llama-cpp's sampler for every request: ${state.reason}`);
+  state ??= await install(gpu);
+  if (!state.installed) {
+    log.debug(`${SAMPLING_OFF}: ${state.reason}`);
+    log.debug(`${DECODE_OFF}: ${state.reason}`);
+  } else {
+    log.debug(use.sampling ? "sampling: greedy requests sampled synchronously" : `${SAMPLING_OFF}: turned off (SHIMMY_SYNC_GREEDY=0)`);
+    log.debug(use.decode ? "decode: short generation steps on the JavaScript thread" : `${DECODE_OFF}: turned off (SHIMMY_SYNC_DECODE=0)`);
+  }
   return state;
 }
 

@@ -240,7 +240,8 @@ export async function openBackend(opts: BackendOptions): Promise<NativeBackend> 
     throw new BackendError(`cannot start llama.cpp with --gpu ${opts.gpu}: ${why ?? (err as Error).message}`, { cause: err });
   }
   await installThreadpools(opts.threadpool !== false, opts.threadpoolPoll, llama.gpu, opts.pinThreads ?? "auto");
-  await installGreedy((opts.syncGreedy !== false || opts.syncDecode !== false) && opts.directDecode !== false, llama.gpu);
+  const direct = opts.directDecode !== false;
+  await installGreedy({ sampling: direct && opts.syncGreedy !== false, decode: direct && opts.syncDecode !== false }, llama.gpu);
   await installHugepages(opts.hugepages !== false, llama.gpu);
   if (opts.gpu === "auto" && llama.gpu === false) {
     const why = await whyNoGpu();
