@@ -2,14 +2,14 @@
  * Concurrent streams split into their two phases, for several shimmy configurations against
  * llama-server, alternating per round (the host drifts by tens of percent between minutes).
  *
- * Each round sends N requests at once (the harness's prompts, greedy) to one server and records:
+ * Each round sends N requests at once (the harness's prompts, greedy unless --temperature) to one server and records:
  *   - aggregate tok/s: all tokens / time to the last token;
  *   - prompt phase: time to the slowest stream's first token (the N prompts are evaluated together);
  *   - decode step: (end - that first token) / (tokens - 1), the time of one N-token decode step.
  * A short untimed request goes to each server before its round (as in bench-compare.ts).
  *
  *   bun scripts/bench-phases.ts [--model FILE] [--streams 4] [--rounds 8] [--tokens 32] [--threads 2]
- *       [--llama-server PATH] SIDE...
+ *       [--temperature 0] [--llama-server PATH] SIDE...
  *
  * A SIDE is `llama` (llama-server, mapped as it ships), `llama:--no-mmap` (extra arguments after the
  * colon, comma-separated), or `NAME=VAR:VALUE,VAR:VALUE` (shimmy serve with those environment
@@ -31,6 +31,7 @@ const { values, positionals } = parseArgs({
     rounds: { type: "string" },
     tokens: { type: "string" },
     threads: { type: "string" },
+    temperature: { type: "string" },
     "llama-server": { type: "string" },
   },
 });
@@ -39,6 +40,9 @@ const streams = Number(values.streams ?? 4);
 const rounds = Number(values.rounds ?? 8);
 const tokens = Number(values.tokens ?? 32);
 const threads = String(values.threads ?? 2);
+/** 0 (greedy, the default), or a sampling temperature (each stream then gets its own fixed seed). */
+const temperature = Number(values.temperature ?? 0);
+if (!(temperature >= 0 && temperature <= 2)) throw new Error("--temperature must be between 0 and 2");
 const CTX = 2048;
 const llamaBin = values["llama-server"] ?? path.join(os.homedir(), ".cache", "shimmy-bench", "llama.cpp", "build", "bin", "llama-server");
 if (!positionals.length) throw new Error("name at least one side: llama, llama:ARGS, or NAME=VAR:VALUE,...");
@@ -84,8 +88,8 @@ async function stream(side: Side, i: number, t0: number, n: number): Promise<num
   const stamps: number[] = [];
   const res =
     side.kind === "shimmy"
-      ? await fetch(`${side.url}/api/generate`, { method: "POST", keepalive: false, headers: { accept: "text/event-stream" }, body: JSON.stringify({ model: side.model, prompt: benchPrompt(i), max_tokens: n, temperature: 0 }) })
-      : await fetch(`${side.url}/completion`, { method: "POST", keepalive: false, headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: benchPrompt(i), n_predict: n, temperature: 0, stream: true, cache_prompt: false }) });
+      ? await fetch(`${side.url}/api/generate`, { method: "POST", keepalive: false, headers: { accept: "text/event-stream" }, body: JSON.stringify({ model: side.model, prompt: benchPrompt(i), max_tokens: n, temperature, seed: i }) })
+      : await fetch(`${side.url}/completion`, { method: "POST", keepalive: false, headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: benchPrompt(i), n_predict: n, temperature, seed: i, stream: true, cache_prompt: false }) });
   if (!res.ok || !res.body) throw new Error(`${side.name}: HTTP ${res.status}`);
   await readSse(res, (data, event) => {
     if (side.kind === "shimmy" ? event !== "done" && data !== "[DONE]" : Boolean(JSON.parse(data).content)) stamps.push(performance.now() - t0);

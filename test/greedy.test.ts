@@ -8,7 +8,7 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { Engine } from "../src/engine/engine.ts";
-import { argmax, GreedyContext, greedyFor, greedyStats } from "../src/engine/greedy.ts";
+import { argmax, GreedyContext, greedyFor, greedyStats, SyncSampler } from "../src/engine/greedy.ts";
 import { importSlots, replaceable } from "../src/engine/elf.ts";
 import { ModelRegistry } from "../src/engine/registry.ts";
 import type { GenerateOptions } from "../src/engine/types.ts";
@@ -91,18 +91,64 @@ test("greedy requests are sampled synchronously and give exactly what node-llama
   expect(greedyStats().sampled - before).toBeGreaterThanOrEqual(44);
 });
 
-test("sampled, penalised and logit-biased requests keep node-llama-cpp's sampler", async () => {
+test("sampled requests without penalties or logit bias run llama.cpp's sampler chain synchronously and give exactly what node-llama-cpp's sampler gives", async () => {
+  if (process.platform !== "linux") return;
+  // Settings that change the chain node-llama-cpp builds: top-k off (0) or above the vocabulary, top-p
+  // off (1) or 0, min-p on, high and low temperatures, chat, stops, seeds past 2^32.
   const cases: GenerateOptions[] = [
-    { prompt: "once upon", temperature: 0.8, seed: 42, maxTokens: 20 },
+    { prompt: "once upon", temperature: 0.8, seed: 42, maxTokens: 24 },
+    { prompt: "once upon", temperature: 1.5, seed: 7, topK: 0, topP: 1, maxTokens: 24 },
+    { prompt: "the sea", temperature: 1, seed: 3, topK: 100000, topP: 0, maxTokens: 24 },
+    { prompt: "the sea", temperature: 0.3, seed: 2 ** 32 + 5, minP: 0.05, topP: 0.5, maxTokens: 24 },
+    { messages: [{ role: "user", content: "hi there" }], temperature: 0.9, seed: 11, maxTokens: 24, stop: ["e"] },
+  ];
+  for (const c of cases) {
+    const before = greedyStats();
+    const a = await direct.complete("tiny", c);
+    const b = await stock.complete("tiny", c);
+    expect({ text: a.text, finish: a.finishReason, n: a.timings.generatedTokens }).toEqual({ text: b.text, finish: b.finishReason, n: b.timings.generatedTokens });
+    const after = greedyStats();
+    expect(after.chained - before.chained).toBeGreaterThanOrEqual(a.timings.generatedTokens);
+    expect(after.sampled).toBe(before.sampled);
+  }
+  // Two at once (one batch, two output rows, each its own chain).
+  const both = (e: Engine) => Promise.all([1, 2].map((seed) => e.complete("tiny", { prompt: "a cat", temperature: 0.9, seed, maxTokens: 20 })));
+  expect((await both(direct)).map((r) => r.text)).toEqual((await both(stock)).map((r) => r.text));
+});
+
+test("a sampled request whose first synchronous token disagrees with node-llama-cpp's continues on node-llama-cpp's sampler", async () => {
+  if (process.platform !== "linux") return;
+  const c: GenerateOptions = { prompt: "once upon", temperature: 0.8, seed: 99, maxTokens: 20 };
+  const own = SyncSampler.prototype.sample;
+  const before = greedyStats().chained;
+  SyncSampler.prototype.sample = function (this: SyncSampler, i: number) {
+    own.call(this, i);
+    return 0;
+  };
+  let a;
+  try {
+    a = await direct.complete("tiny", c);
+  } finally {
+    SyncSampler.prototype.sample = own;
+  }
+  expect(a.text).toBe((await stock.complete("tiny", c)).text);
+  // Only the first token went through the chain.
+  expect(greedyStats().chained - before).toBe(1);
+});
+
+test("penalised and logit-biased requests keep node-llama-cpp's sampler", async () => {
+  const cases: GenerateOptions[] = [
+    { prompt: "once upon", temperature: 0.8, seed: 42, repeatPenalty: 1.2, maxTokens: 20 },
     { prompt: "the sea", temperature: 0, repeatPenalty: 1.3, maxTokens: 20 },
     { prompt: "the sea", temperature: 0, logitBias: { "5": 2 }, maxTokens: 20 },
   ];
   for (const c of cases) {
-    const before = greedyStats().sampled;
+    const before = greedyStats();
     const a = await direct.complete("tiny", c);
     const b = await stock.complete("tiny", c);
     expect(a.text).toBe(b.text);
-    expect(greedyStats().sampled).toBe(before);
+    expect(greedyStats().sampled).toBe(before.sampled);
+    expect(greedyStats().chained).toBe(before.chained);
   }
 });
 

@@ -116,3 +116,42 @@ int shimmy_gr_decode(void *decode, void *sync, void *ctx, int n, int *tokens, in
     if (have) sched_setaffinity(0, sizeof saved, saved);
     return r;
 }
+
+/*
+ * Synchronous sampling with a temperature (greedy.ts's SyncSampler): llama.cpp's sampler chain, built
+ * as node-llama-cpp's AddonSampler builds it for the same settings, applied on the calling thread to
+ * candidates filled as AddonSampler fills them (every token of the vocabulary, in id order).
+ */
+typedef struct { int id; float logit; float p; } shimmy_token_data;
+typedef struct { shimmy_token_data *data; unsigned long size; long long selected; _Bool sorted; } shimmy_token_array;
+typedef struct { _Bool no_perf; } shimmy_chain_params;
+typedef void *(*chain_init_t)(shimmy_chain_params params);
+typedef void (*apply_t)(void *smpl, shimmy_token_array *cur);
+typedef float *(*logits_ith_t)(void *ctx, int i);
+
+/* An empty sampler chain (llama_sampler_chain_init with timings off). */
+void *shimmy_gr_chain(void *chain_init) {
+    shimmy_chain_params p;
+    p.no_perf = 1;
+    return ((chain_init_t)chain_init)(p);
+}
+
+/* The token the chain picks from output row idx of the last decode; -1 when there is none. buf: n_vocab entries. */
+int shimmy_gr_sample(void *apply, void *logits_ith, void *chain, void *ctx, int idx, int n_vocab, shimmy_token_data *buf) {
+    shimmy_token_array cur;
+    float *logits = ((logits_ith_t)logits_ith)(ctx, idx);
+    int i;
+    if (!logits) return -1;
+    for (i = 0; i < n_vocab; i++) {
+        buf[i].id = i;
+        buf[i].logit = logits[i];
+        buf[i].p = 0.0f;
+    }
+    cur.data = buf;
+    cur.size = (unsigned long)n_vocab;
+    cur.selected = -1;
+    cur.sorted = 0;
+    ((apply_t)apply)(chain, &cur);
+    if (cur.selected < 0 || cur.selected >= (long long)cur.size) return -1;
+    return cur.data[cur.selected].id;
+}

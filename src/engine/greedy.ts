@@ -38,6 +38,8 @@ interface Native {
   shimmy_gr_take: () => number | null;
   shimmy_gr_previous: () => number | null;
   shimmy_gr_decode: (decode: number, sync: number, ctx: number, n: number, tokens: Int32Array, pos: Int32Array, seq: Int32Array, flags: Uint8Array) => number;
+  shimmy_gr_chain: (init: number) => number | null;
+  shimmy_gr_sample: (apply: number, logitsIth: number, chain: number, ctx: number, idx: number, nVocab: number, buf: Uint8Array) => number;
 }
 
 interface Llama {
@@ -49,6 +51,15 @@ interface Llama {
   llama_vocab_n_tokens: (vocab: number) => number;
   llama_decode: { ptr: number };
   llama_synchronize: { ptr: number };
+  llama_sampler_chain_init: { ptr: number };
+  llama_sampler_apply: { ptr: number };
+  llama_sampler_chain_add: (chain: number, smpl: number | null) => void;
+  llama_sampler_init_top_k: (k: number) => number | null;
+  llama_sampler_init_top_p: (p: number, minKeep: number) => number | null;
+  llama_sampler_init_min_p: (p: number, minKeep: number) => number | null;
+  llama_sampler_init_temp: (t: number) => number | null;
+  llama_sampler_init_dist: (seed: number) => number | null;
+  llama_sampler_free: (smpl: number) => void;
 }
 
 /** The parts of node-llama-cpp's AddonContext used here. */
@@ -65,11 +76,13 @@ const keep: unknown[] = [];
 /** Per node-llama-cpp context: its sampler, or null when it cannot have one. */
 const contexts = new WeakMap<object, GreedyContext | null>();
 let sampled = 0;
+/** Tokens sampled by a SyncSampler (sampled requests). */
+let chained = 0;
 let toArrayBuffer: ((ptr: never, offset: number, length: number) => ArrayBuffer) | undefined;
 
 /** Counters for tests and the debug log: tokens sampled synchronously, contexts that verified. */
-export function greedyStats(): { installed: boolean; sampled: number } {
-  return { installed: !!native, sampled };
+export function greedyStats(): { installed: boolean; sampled: number; chained: number } {
+  return { installed: !!native, sampled, chained };
 }
 
 /**
@@ -123,6 +136,16 @@ async function install(gpu: string | false): Promise<GreedyState> {
       llama_vocab_n_tokens: { args: [FFIType.ptr], returns: FFIType.i32 },
       llama_decode: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
       llama_synchronize: { args: [FFIType.ptr], returns: FFIType.void },
+      // Called from greedy.c (struct arguments); declared for their addresses.
+      llama_sampler_chain_init: { args: [FFIType.u8], returns: FFIType.ptr },
+      llama_sampler_apply: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.void },
+      llama_sampler_chain_add: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.void },
+      llama_sampler_init_top_k: { args: [FFIType.i32], returns: FFIType.ptr },
+      llama_sampler_init_top_p: { args: [FFIType.f32, FFIType.u64], returns: FFIType.ptr },
+      llama_sampler_init_min_p: { args: [FFIType.f32, FFIType.u64], returns: FFIType.ptr },
+      llama_sampler_init_temp: { args: [FFIType.f32], returns: FFIType.ptr },
+      llama_sampler_init_dist: { args: [FFIType.u32], returns: FFIType.ptr },
+      llama_sampler_free: { args: [FFIType.ptr], returns: FFIType.void },
     });
     keep.push(l);
     const real = (l.symbols.llama_n_threads as unknown as { ptr: number }).ptr;
@@ -134,6 +157,8 @@ async function install(gpu: string | false): Promise<GreedyState> {
         shimmy_gr_take: { args: [], returns: FFIType.ptr },
         shimmy_gr_previous: { args: [], returns: FFIType.ptr },
         shimmy_gr_decode: { args: [FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.i32, FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+        shimmy_gr_chain: { args: [FFIType.ptr], returns: FFIType.ptr },
+        shimmy_gr_sample: { args: [FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.i32, FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
       },
     });
     keep.push(compiled);
@@ -185,6 +210,33 @@ export class GreedyContext {
     return native!.shimmy_gr_decode(lib!.llama_decode.ptr, lib!.llama_synchronize.ptr, this.ctx, n, tokens, pos, seq, flags);
   }
 
+  /**
+   * A sampler for this context that samples on the calling thread: llama.cpp's chain as node-llama-cpp's
+   * AddonSampler builds it for `config` (node-llama-cpp's resolved sampler config; temperature above
+   * 0, no penalties, logit bias, grammar or XTC). Undefined if llama.cpp refuses a sampler.
+   */
+  sampler(config: SamplerConfig): SyncSampler | undefined {
+    const l = lib!;
+    const chain = native!.shimmy_gr_chain(l.llama_sampler_chain_init.ptr);
+    if (!chain) return undefined;
+    // AddonSampler's order and conditions (applyConfig + rebuildChainIfNeeded), with its float32 compares.
+    const parts: Array<number | null> = [];
+    const topK = config.topK | 0;
+    parts.push(l.llama_sampler_init_top_k(topK <= 0 ? this.nVocab : Math.min(topK, this.nVocab)));
+    const topP = Math.fround(config.topP);
+    if (topP !== 1 && topP >= 0 && topP <= 1) parts.push(l.llama_sampler_init_top_p(topP, 1));
+    if (Math.fround(config.minP) > 0) parts.push(l.llama_sampler_init_min_p(config.minP, 1));
+    parts.push(l.llama_sampler_init_temp(config.temperature));
+    parts.push(l.llama_sampler_init_dist(config.seed >>> 0));
+    // The chain owns what is added to it; a refused part frees the chain and the rest.
+    for (const p of parts) if (p) l.llama_sampler_chain_add(chain, p);
+    if (parts.some((p) => !p)) {
+      l.llama_sampler_free(chain);
+      return undefined;
+    }
+    return new SyncSampler(this.ctx, this.nVocab, chain);
+  }
+
   /** The greedy token of output row `i` of the context's last decode; -1 when llama.cpp has no logits for it. */
   private argmax(i: number): number {
     const p = lib!.llama_get_logits_ith(this.ctx, i);
@@ -214,6 +266,42 @@ export class GreedyContext {
       }
       return expected;
     });
+  }
+}
+
+/** The fields of node-llama-cpp's resolved sampler config that a SyncSampler uses. */
+export interface SamplerConfig {
+  temperature: number;
+  topK: number;
+  topP: number;
+  minP: number;
+  seed: number;
+}
+
+/** llama.cpp's sampler chain applied on the calling thread (GreedyContext.sampler). */
+export class SyncSampler {
+  /** llama_token_data per vocabulary entry (id, logit, p: 12 bytes each), refilled per token. */
+  private readonly buf: Uint8Array;
+  private chain: number | undefined;
+  constructor(
+    private readonly ctx: number,
+    private readonly nVocab: number,
+    chain: number,
+  ) {
+    this.chain = chain;
+    this.buf = new Uint8Array(nVocab * 12);
+  }
+
+  /** The token the chain picks from output row `i` of the context's last decode; -1 when none. */
+  sample(i: number): number {
+    if (this.chain === undefined) throw new Error("sampler disposed");
+    chained++;
+    return native!.shimmy_gr_sample(lib!.llama_sampler_apply.ptr, (lib!.llama_get_logits_ith as unknown as { ptr: number }).ptr, this.chain, this.ctx, i, this.nVocab, this.buf);
+  }
+
+  dispose(): void {
+    if (this.chain !== undefined) lib!.llama_sampler_free(this.chain);
+    this.chain = undefined;
   }
 }
 

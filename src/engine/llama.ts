@@ -46,7 +46,7 @@ import { maximumParallelismStrategy } from "../../node_modules/node-llama-cpp/di
 import { nativeBuildInfo } from "./runtime.ts";
 import { StopMatcher } from "./stop.ts";
 import { installThreadpools, threadpoolStats } from "./threadpool.ts";
-import { greedyFor, installGreedy } from "./greedy.ts";
+import { greedyFor, installGreedy, type SamplerConfig } from "./greedy.ts";
 import { installHugepages, withHugepages } from "./hugepages.ts";
 import { existingStepper, type NativeContext as NativeContextLike, stepperFor } from "./stepper.ts";
 import type { BackendInfo, BackendOptions, ChatMessage, FinishReason, GenerateOptions, GenerateResult, LoraAdapter, ModelEntry, ModelMeta, TokenLogprob, ToolCall, ToolDefinition } from "./types.ts";
@@ -1155,17 +1155,40 @@ export class NativeModel {
     // node-llama-cpp's native sampler, made on first use (a greedy request sampled synchronously
     // needs it only for its context's first token, if at all; making one costs about 1 ms).
     let sampler: { applyConfig(c: object): void; dispose(): void } | undefined;
+    // Without a penalty the config never changes: resolved once (its default seed is the time in seconds).
+    let resolved: object | undefined;
+    const configOnce = () => (resolved ??= config());
     const nativeSample = (native: NativeContextLike, idx: number) => {
       if (!sampler) {
         sampler = new bindings._llama._bindings.AddonSampler(bindings._model);
-        sampler.applyConfig(config());
+        sampler.applyConfig(penalty ? config() : configOnce());
       }
       return native.sampleToken(idx, sampler) as Promise<number>;
     };
     // Greedy requests: the argmax of llama.cpp's logits, synchronously (greedy.ts).
     const addon = (context as unknown as { _ctx: NativeContextLike & { getThreads(): number; getContextSize(): number } })._ctx;
     const greedy = this.syncGreedy && sampling.temperature <= 0 && !sampling.tokenBias && !penalty ? greedyFor(addon) : undefined;
-    const sample = greedy ? (native: NativeContextLike, idx: number) => greedy.sample(idx, () => nativeSample(native, idx)) : nativeSample;
+    // Sampled requests without penalties or logit bias: llama.cpp's sampler chain on this thread
+    // (greedy.ts's SyncSampler, built as node-llama-cpp builds it). The request's first token is also
+    // sampled by node-llama-cpp's sampler (same seed, same state) and must match, or the request
+    // continues on node-llama-cpp's sampler.
+    const syncSampler = !greedy && this.syncGreedy && sampling.temperature > 0 && !sampling.tokenBias && !penalty ? greedyFor(addon)?.sampler(configOnce() as SamplerConfig) : undefined;
+    let onSync = syncSampler !== undefined;
+    let checked = false;
+    const sampleSync = (native: NativeContextLike, idx: number): number | Promise<number> => {
+      if (!onSync) return nativeSample(native, idx);
+      const token = syncSampler!.sample(idx);
+      if (checked) return token;
+      return nativeSample(native, idx).then((expected) => {
+        checked = true;
+        if (expected !== token) {
+          onSync = false;
+          log.debug(`sampling: synchronous token ${token} differs from node-llama-cpp's ${expected}; this request keeps node-llama-cpp's sampler`);
+        }
+        return expected;
+      });
+    };
+    const sample = greedy ? (native: NativeContextLike, idx: number) => greedy.sample(idx, () => nativeSample(native, idx)) : syncSampler ? sampleSync : nativeSample;
     const syncDecode = this.syncDecode;
     const stepper = stepperFor(context, () => runTruncations(context), () => POOLS.get(context)?.busy ?? 0, syncDecode === false ? undefined : () => greedyFor(addon), syncDecode);
     const finishStop = (): GenerateResult => {
@@ -1225,6 +1248,7 @@ export class NativeModel {
       stepper.end();
       run.dispose();
       sampler?.dispose();
+      syncSampler?.dispose();
     }
   }
 
