@@ -10,6 +10,8 @@
  * shimmy_gr_install points node-llama-cpp addon's import slot (GOT entry) for llama_n_threads at a
  * wrapper that forwards to llama.cpp and, while armed, remembers the context it was called with; the
  * addon's synchronous `getThreads()` then tells shimmy the pointer (greedy.ts checks it before use).
+ * With that pointer, shimmy_gr_decode runs a generation step's llama_decode on the calling thread and
+ * shimmy_gr_sample applies a llama.cpp sampler chain there (see the comments below).
  */
 
 typedef int (*n_threads_t)(void *ctx);

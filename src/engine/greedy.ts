@@ -18,6 +18,14 @@
  * (otherwise that context keeps node-llama-cpp's sampler). Linux only; elsewhere, or when anything
  * does not match, shimmy samples with node-llama-cpp and says why in the debug log.
  * `SHIMMY_SYNC_GREEDY=0` turns it off.
+ *
+ * The same checked pointer serves two more things on the JavaScript thread:
+ *   - GreedyContext.decode: a generation step's llama_decode (stepper.ts's syncStep), instead of the
+ *     addon's async decodeBatch, which wakes a worker thread and then the event loop per token
+ *     (SHIMMY_SYNC_DECODE);
+ *   - SyncSampler: sampled requests (a temperature, no penalties or logit bias) through llama.cpp's
+ *     sampler chain, built as node-llama-cpp's AddonSampler builds it (llama.ts checks each request's
+ *     first token against node-llama-cpp's sampler). Also turned off by SHIMMY_SYNC_GREEDY=0.
  */
 import { readFileSync } from "node:fs";
 import path from "node:path";
