@@ -111,9 +111,12 @@ test("sampled requests without penalties or logit bias run llama.cpp's sampler c
     expect(after.chained - before.chained).toBeGreaterThanOrEqual(a.timings.generatedTokens);
     expect(after.sampled).toBe(before.sampled);
   }
-  // Two at once (one batch, two output rows, each its own chain).
+  // Two at once: their first step samples both, so both stay on node-llama-cpp's sampler (its async
+  // calls run in parallel), with the same text.
   const both = (e: Engine) => Promise.all([1, 2].map((seed) => e.complete("tiny", { prompt: "a cat", temperature: 0.9, seed, maxTokens: 20 })));
+  const before = greedyStats().chained;
   expect((await both(direct)).map((r) => r.text)).toEqual((await both(stock)).map((r) => r.text));
+  expect(greedyStats().chained).toBe(before);
 });
 
 test("a sampled request whose first synchronous token disagrees with node-llama-cpp's continues on node-llama-cpp's sampler", async () => {

@@ -1169,22 +1169,24 @@ export class NativeModel {
     const addon = (context as unknown as { _ctx: NativeContextLike & { getThreads(): number; getContextSize(): number } })._ctx;
     const greedy = this.syncGreedy && sampling.temperature <= 0 && !sampling.tokenBias && !penalty ? greedyFor(addon) : undefined;
     // Sampled requests without penalties or logit bias: llama.cpp's sampler chain on this thread
-    // (greedy.ts's SyncSampler, built as node-llama-cpp builds it). The request's first token is also
-    // sampled by node-llama-cpp's sampler (same seed, same state) and must match, or the request
-    // continues on node-llama-cpp's sampler.
+    // (greedy.ts's SyncSampler, built as node-llama-cpp builds it), for a request whose first token
+    // is the only one its step samples. Sampling several sequences one after the other on this thread
+    // measured slower than node-llama-cpp's async calls, which run in parallel (4 streams, 6-layer
+    // model: 37.5 against 36.8 ms per step). One sampler serves a request from start to end, so a
+    // seed gives the same text either way. The first token is also sampled by node-llama-cpp's
+    // sampler (same seed, same state) and must match, or the request continues on that one.
     const syncSampler = !greedy && this.syncGreedy && sampling.temperature > 0 && !sampling.tokenBias && !penalty ? greedyFor(addon)?.sampler(configOnce() as SamplerConfig) : undefined;
-    let onSync = syncSampler !== undefined;
-    let checked = false;
-    const sampleSync = (native: NativeContextLike, idx: number): number | Promise<number> => {
-      if (!onSync) return nativeSample(native, idx);
+    let mode: "first" | "sync" | "native" = syncSampler ? "first" : "native";
+    const sampleSync = (native: NativeContextLike, idx: number, rows: number): number | Promise<number> => {
+      if (mode === "sync") return syncSampler!.sample(idx);
+      if (mode === "native" || rows !== 1) {
+        mode = "native";
+        return nativeSample(native, idx);
+      }
       const token = syncSampler!.sample(idx);
-      if (checked) return token;
       return nativeSample(native, idx).then((expected) => {
-        checked = true;
-        if (expected !== token) {
-          onSync = false;
-          log.debug(`sampling: synchronous token ${token} differs from node-llama-cpp's ${expected}; this request keeps node-llama-cpp's sampler`);
-        }
+        mode = expected === token ? "sync" : "native";
+        if (mode === "native") log.debug(`sampling: synchronous token ${token} differs from node-llama-cpp's ${expected}; this request keeps node-llama-cpp's sampler`);
         return expected;
       });
     };

@@ -53,8 +53,11 @@ interface SequenceInternals {
   _tokenMeter: unknown;
 }
 
-/** Samples the next token from the batch's logits at `batchLogitIndex` (synchronously, or through a promise). */
-export type SampleFn<T> = (native: NativeContext, batchLogitIndex: number) => T | Promise<T>;
+/**
+ * Samples the next token from the batch's logits at `batchLogitIndex` (synchronously, or through a
+ * promise). `rows`: how many sequences this step samples (0 when unknown: node-llama-cpp's dispatcher).
+ */
+export type SampleFn<T> = (native: NativeContext, batchLogitIndex: number, rows: number) => T | Promise<T>;
 
 interface Entry {
   seq: SequenceInternals;
@@ -268,10 +271,12 @@ export class Stepper {
     }
     // The next decode overwrites the logits: every sequence samples before the step ends.
     const pending: Array<Promise<void>> = [];
+    let rows = 0;
+    for (const b of batch) if (b.logits) rows++;
     for (const b of batch) {
       if (!b.logits) continue;
       try {
-        const r = b.e.sample(native, b.idx!);
+        const r = b.e.sample(native, b.idx!, rows);
         if (r instanceof Promise) pending.push(r.then(b.e.resolve, b.e.reject));
         else b.e.resolve(r);
       } catch (err) {
@@ -332,7 +337,7 @@ export class Stepper {
         try {
           const res = await ctx._decodeTokens(
             { sequenceId: s._sequenceId, firstTokenSequenceIndex: s._nextTokenIndex, tokens, logits, evaluationPriority: 5, tokenMeter: s._tokenMeter },
-            async (batchLogitIndex) => e.sample(ctx._ctx, batchLogitIndex),
+            async (batchLogitIndex) => e.sample(ctx._ctx, batchLogitIndex, 0),
           );
           s._nextTokenIndex += tokens.length;
           for (const t of tokens) s._contextTokens.push(t);
