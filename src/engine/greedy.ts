@@ -207,6 +207,8 @@ export class GreedyContext {
   /** A view of the last logits row read (llama.cpp reallocates its output buffer only to grow it: a new address gets a new view). */
   private at = 0;
   private view: Float32Array | undefined;
+  /** llama_token_data per vocabulary entry (id, logit, p: 12 bytes each), refilled by every SyncSampler.sample. */
+  private candidates: Uint8Array | undefined;
   constructor(
     private readonly ctx: number,
     private readonly nVocab: number,
@@ -242,7 +244,9 @@ export class GreedyContext {
       l.llama_sampler_free(chain);
       return undefined;
     }
-    return new SyncSampler(this.ctx, this.nVocab, chain);
+    // One candidates buffer per context: it is used only inside a synchronous sample call.
+    this.candidates ??= new Uint8Array(this.nVocab * 12);
+    return new SyncSampler(this.ctx, this.nVocab, chain, this.candidates);
   }
 
   /** The greedy token of output row `i` of the context's last decode; -1 when llama.cpp has no logits for it. */
@@ -288,16 +292,15 @@ export interface SamplerConfig {
 
 /** llama.cpp's sampler chain applied on the calling thread (GreedyContext.sampler). */
 export class SyncSampler {
-  /** llama_token_data per vocabulary entry (id, logit, p: 12 bytes each), refilled per token. */
-  private readonly buf: Uint8Array;
   private chain: number | undefined;
   constructor(
     private readonly ctx: number,
     private readonly nVocab: number,
     chain: number,
+    /** The context's candidates buffer (GreedyContext.candidates). */
+    private readonly buf: Uint8Array,
   ) {
     this.chain = chain;
-    this.buf = new Uint8Array(nVocab * 12);
   }
 
   /** The token the chain picks from output row `i` of the context's last decode; -1 when none. */
