@@ -82,6 +82,8 @@ export interface Config {
   syncGreedy: boolean;
   /** Generation steps on shimmy's decode loop call llama_decode on the JavaScript thread instead of an addon worker thread (Linux): `true`, `false`, or `auto` (default: while the last step took under 50 ms; a step blocks the event loop that long). Env `SHIMMY_SYNC_DECODE=0|1|auto`. */
   syncDecode: boolean | "auto";
+  /** Longest a prompt arriving at an idle model waits for other requests sent with it, in ms (it waits 0.5% of its expected evaluation time, up to this; under 0.5 ms it does not wait). 0..100, default 2. Env `SHIMMY_GATHER_MS`. */
+  gatherMs: number;
   /** On the CPU backend (Linux), a loaded model's buffers (weights read into memory, KV cache) move onto transparent huge pages. Default true. Env `SHIMMY_HUGEPAGES=0` turns it off. */
   hugepages: boolean;
   /** Serve the browser playground at `/`. Default true. Env `SHIMMY_PLAYGROUND=0`, flag `--no-playground`. */
@@ -282,6 +284,7 @@ export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, 
     hugepages: !["0", "false", "no", "off"].includes((env.SHIMMY_HUGEPAGES ?? "").toLowerCase()),
     syncGreedy: !["0", "false", "no", "off"].includes((env.SHIMMY_SYNC_GREEDY ?? "").toLowerCase()),
     syncDecode: parseAuto("SHIMMY_SYNC_DECODE", env.SHIMMY_SYNC_DECODE),
+    gatherMs: parseFloatSetting("SHIMMY_GATHER_MS", env.SHIMMY_GATHER_MS, 0, 100) ?? 2,
     directDecode: !["0", "false", "no", "off"].includes((env.SHIMMY_DIRECT_DECODE ?? "").toLowerCase()),
     playground: overrides.playground ?? !["0", "false", "no", "off"].includes((env.SHIMMY_PLAYGROUND ?? "").toLowerCase()),
     memoryLimit: parseBytes("SHIMMY_MEMORY_LIMIT", env.SHIMMY_MEMORY_LIMIT),

@@ -54,6 +54,11 @@ describe("config", () => {
     expect(loadConfig({}, { SHIMMY_SYNC_DECODE: "off" })).toMatchObject({ syncDecode: false });
     expect(loadConfig({}, { SHIMMY_SYNC_DECODE: "1" })).toMatchObject({ syncDecode: true });
     expect(() => loadConfig({}, { SHIMMY_SYNC_DECODE: "fast" })).toThrow(/SHIMMY_SYNC_DECODE must be 0, 1 or auto/);
+    expect(loadConfig({}, {})).toMatchObject({ gatherMs: 2 });
+    expect(loadConfig({}, { SHIMMY_GATHER_MS: "0" })).toMatchObject({ gatherMs: 0 });
+    expect(loadConfig({}, { SHIMMY_GATHER_MS: "0.5" })).toMatchObject({ gatherMs: 0.5 });
+    expect(() => loadConfig({}, { SHIMMY_GATHER_MS: "500" })).toThrow(/SHIMMY_GATHER_MS/);
+    expect(() => loadConfig({}, { SHIMMY_GATHER_MS: "soon" })).toThrow(/SHIMMY_GATHER_MS/);
   });
 
   test("chat templates: a default and per-model items; built-in names or Jinja files", () => {

@@ -14,8 +14,8 @@ import { makeFixtures } from "./helpers.ts";
 let fx: Awaited<ReturnType<typeof makeFixtures>>;
 let direct: Engine;
 let stock: Engine;
-const make = (directDecode: boolean, parallel = 2, syncDecode: boolean | "auto" = "auto") =>
-  new Engine(new ModelRegistry({ modelDirs: [fx.dir] }, fx.dir), { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: 1024, chatTemplate: "auto", parallel, directDecode, syncDecode });
+const make = (directDecode: boolean, parallel = 2, syncDecode: boolean | "auto" = "auto", gatherMs?: number) =>
+  new Engine(new ModelRegistry({ modelDirs: [fx.dir] }, fx.dir), { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: 1024, chatTemplate: "auto", parallel, directDecode, syncDecode, gatherMs });
 
 beforeAll(async () => {
   fx = await makeFixtures();
@@ -170,6 +170,63 @@ test("requests sent together evaluate their prompts in one step; contexts use fl
     expect(Math.min(...steps[0]!)).toBeGreaterThan(1);
   } finally {
     context._ctx = native;
+  }
+});
+
+test("a prompt arriving at an idle model waits a share of its expected prompt time for requests sent just after it (gatherMs)", async () => {
+  // Prompts evaluate in well under a millisecond per token here, so the stepper's estimate is set by
+  // hand: 1 s per token makes the wait the cap (gatherMs), 20 ms.
+  const run = async (e: Engine) => {
+    const loaded = await e.load("tiny");
+    const context = (loaded.native as unknown as { pool: { context: Ctx } }).pool.context;
+    const stepper = existingStepper(context as never) as unknown as { promptMsPerToken: number | undefined; gathered: number } | undefined;
+    const native = context._ctx;
+    const steps: number[][] = [];
+    let seqs: number[] = [];
+    context._ctx = new Proxy(native, {
+      get(t, p) {
+        if (p === "addToBatch") return (...a: unknown[]) => (seqs.push((a[2] as Uint32Array).length), t.addToBatch!(...a));
+        if (p === "decodeBatch") return (...a: unknown[]) => (steps.push(seqs), (seqs = []), t.decodeBatch!(...a));
+        const v = t[p as string];
+        return typeof v === "function" ? v.bind(t) : v;
+      },
+    });
+    try {
+      const before = stepper?.gathered ?? 0;
+      if (stepper) stepper.promptMsPerToken = 1000;
+      const first = e.complete("tiny", { prompt: "a prompt of several words, number 0", temperature: 0, maxTokens: 4 });
+      await Bun.sleep(5);
+      const second = e.complete("tiny", { prompt: "a prompt of several words, number 1", temperature: 0, maxTokens: 4 });
+      await Promise.all([first, second]);
+      return { first: steps[0]!, gathered: (stepper?.gathered ?? 0) - before };
+    } finally {
+      context._ctx = native;
+    }
+  };
+  // Warm the stepper up (it exists after the first plain generation).
+  const waits = make(true, 2, "auto", 20);
+  const never = make(true, 2, "auto", 0);
+  try {
+    for (const e of [waits, never]) await e.complete("tiny", { prompt: "warm", temperature: 0, maxTokens: 2 });
+    // The second request, 5 ms later, joins the first one's prompt step...
+    const joined = await run(waits);
+    expect(joined.first.length).toBe(2);
+    expect(Math.min(...joined.first)).toBeGreaterThan(1);
+    expect(joined.gathered).toBe(1);
+    // ...and without the wait the first prompt goes alone.
+    const alone = await run(never);
+    expect(alone.first.length).toBe(1);
+    expect(alone.gathered).toBe(0);
+    // With the real estimate (prompts here take well under 100 ms) nothing waits.
+    const loaded = await waits.load("tiny");
+    const stepper = existingStepper((loaded.native as unknown as { pool: { context: object } }).pool.context as never) as unknown as { promptMsPerToken: number; gathered: number };
+    const before = stepper.gathered;
+    await waits.complete("tiny", { prompt: "a prompt of several words", temperature: 0, maxTokens: 2 });
+    expect(stepper.promptMsPerToken).toBeLessThan(20);
+    expect(stepper.gathered).toBe(before);
+  } finally {
+    await waits.close();
+    await never.close();
   }
 });
 

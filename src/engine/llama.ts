@@ -48,7 +48,7 @@ import { StopMatcher } from "./stop.ts";
 import { installThreadpools, threadpoolStats } from "./threadpool.ts";
 import { greedyFor, installGreedy, type SamplerConfig } from "./greedy.ts";
 import { installHugepages, withHugepages } from "./hugepages.ts";
-import { existingStepper, type NativeContext as NativeContextLike, stepperFor } from "./stepper.ts";
+import { existingStepper, GATHER_MAX_MS, type NativeContext as NativeContextLike, stepperFor } from "./stepper.ts";
 import type { BackendInfo, BackendOptions, ChatMessage, FinishReason, GenerateOptions, GenerateResult, LoraAdapter, ModelEntry, ModelMeta, TokenLogprob, ToolCall, ToolDefinition } from "./types.ts";
 
 GbnfNumber.prototype.getGrammar = function (this: { allowFractional: boolean }) {
@@ -383,7 +383,7 @@ export class NativeBackend {
       const context = await makeContext(entry.loras ?? []);
       // Vulkan decodes through node-llama-cpp's dispatcher, which serialises decodes across contexts (a Vulkan crash workaround).
       const direct = this.opts.directDecode !== false && this.llama.gpu !== "vulkan";
-      return new NativeModel(model, context, entry.loras ?? [], makeContext, this.opts.chatTemplates?.[entry.name] ?? this.opts.chatTemplate, threads, this.opts.maxQueue, direct, useMmap, this.opts.syncGreedy !== false, this.opts.syncDecode ?? "auto");
+      return new NativeModel(model, context, entry.loras ?? [], makeContext, this.opts.chatTemplates?.[entry.name] ?? this.opts.chatTemplate, threads, this.opts.maxQueue, direct, useMmap, this.opts.syncGreedy !== false, this.opts.syncDecode ?? "auto", this.opts.gatherMs ?? GATHER_MAX_MS);
     } catch (err) {
       await model?.dispose().catch(() => {});
       if (err instanceof InsufficientMemoryError) throw new OverloadedError(`not enough memory to load ${entry.name}: ${err.message}; unload a model, lower --parallel or --ctx-size`, { cause: err });
@@ -736,6 +736,7 @@ export class NativeModel {
     private readonly syncGreedy = true,
     /** Generation steps on the JavaScript thread (stepper.ts's syncStep): true, false or "auto". */
     private readonly syncDecode: boolean | "auto" = "auto",
+    private readonly gatherMs: number = GATHER_MAX_MS,
   ) {
     this.pool = new SlotPool(context, loras, maxQueue);
   }
@@ -1192,7 +1193,7 @@ export class NativeModel {
     };
     const sample = greedy ? (native: NativeContextLike, idx: number) => greedy.sample(idx, () => nativeSample(native, idx)) : syncSampler ? sampleSync : nativeSample;
     const syncDecode = this.syncDecode;
-    const stepper = stepperFor(context, () => runTruncations(context), () => POOLS.get(context)?.busy ?? 0, syncDecode === false ? undefined : () => greedyFor(addon), syncDecode);
+    const stepper = stepperFor(context, () => runTruncations(context), () => POOLS.get(context)?.busy ?? 0, syncDecode === false ? undefined : () => greedyFor(addon), syncDecode, this.gatherMs);
     const finishStop = (): GenerateResult => {
       const matched = run.matcher.matched;
       return matched !== undefined && userStops.includes(matched) ? { ...clock.result(run.text, "stop"), stopSequence: matched } : clock.result(run.text, "stop");

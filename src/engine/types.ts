@@ -208,6 +208,8 @@ export interface BackendOptions {
   syncGreedy?: boolean;
   /** Generation steps call llama_decode on the JavaScript thread: true, false, or "auto" (the default: while the last step took under 50 ms; Linux). */
   syncDecode?: boolean | "auto";
+  /** Longest a prompt arriving at an idle model waits for other requests sent with it, ms (default 2; 0: never). See GATHER_SHARE in stepper.ts. */
+  gatherMs?: number;
   /** On the CPU backend (Linux), the buffers a model load fills (weights read into memory, KV cache) move onto transparent huge pages (default true). */
   hugepages?: boolean;
   /** Bytes a model load may need at most (weights + context estimate); default: the memory available now. */
