@@ -148,10 +148,8 @@ test("a failing decode fails the request with a clear error, and the model keeps
   expect(ok.timings.generatedTokens).toBe(8);
 });
 
-test("requests sent together evaluate their prompts in one step; contexts use flash attention auto", async () => {
-  const loaded = await direct.load("tiny");
-  const context = (loaded.native as unknown as { pool: { context: Ctx & { flashAttention: unknown } } }).pool.context;
-  expect(context.flashAttention).toBe("auto");
+/** Records each native decode step as the token counts it was given per sequence (addToBatch calls). */
+function recordSteps(context: Ctx) {
   const native = context._ctx;
   const steps: number[][] = [];
   let seqs: number[] = [];
@@ -163,13 +161,21 @@ test("requests sent together evaluate their prompts in one step; contexts use fl
       return typeof v === "function" ? v.bind(t) : v;
     },
   });
+  return { steps, restore: () => void (context._ctx = native) };
+}
+
+test("requests sent together evaluate their prompts in one step; contexts use flash attention auto", async () => {
+  const loaded = await direct.load("tiny");
+  const context = (loaded.native as unknown as { pool: { context: Ctx & { flashAttention: unknown } } }).pool.context;
+  expect(context.flashAttention).toBe("auto");
+  const { steps, restore } = recordSteps(context);
   try {
     await Promise.all([0, 1].map((i) => direct.complete("tiny", { prompt: `a prompt of several words, number ${i}`, temperature: 0, maxTokens: 4 })));
     // One step with both prompts (several tokens each), then steps of one token per sequence.
     expect(steps[0]!.length).toBe(2);
     expect(Math.min(...steps[0]!)).toBeGreaterThan(1);
   } finally {
-    context._ctx = native;
+    restore();
   }
 });
 
@@ -180,17 +186,7 @@ test("a prompt arriving at an idle model waits a share of its expected prompt ti
     const loaded = await e.load("tiny");
     const context = (loaded.native as unknown as { pool: { context: Ctx } }).pool.context;
     const stepper = existingStepper(context as never) as unknown as { promptMsPerToken: number | undefined; gathered: number } | undefined;
-    const native = context._ctx;
-    const steps: number[][] = [];
-    let seqs: number[] = [];
-    context._ctx = new Proxy(native, {
-      get(t, p) {
-        if (p === "addToBatch") return (...a: unknown[]) => (seqs.push((a[2] as Uint32Array).length), t.addToBatch!(...a));
-        if (p === "decodeBatch") return (...a: unknown[]) => (steps.push(seqs), (seqs = []), t.decodeBatch!(...a));
-        const v = t[p as string];
-        return typeof v === "function" ? v.bind(t) : v;
-      },
-    });
+    const { steps, restore } = recordSteps(context);
     try {
       const before = stepper?.gathered ?? 0;
       if (stepper) stepper.promptMsPerToken = 1000;
@@ -200,7 +196,7 @@ test("a prompt arriving at an idle model waits a share of its expected prompt ti
       await Promise.all([first, second]);
       return { first: steps[0]!, gathered: (stepper?.gathered ?? 0) - before };
     } finally {
-      context._ctx = native;
+      restore();
     }
   };
   // Warm the stepper up (it exists after the first plain generation).
