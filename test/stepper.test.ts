@@ -152,16 +152,18 @@ test("a failing decode fails the request with a clear error, and the model keeps
 function recordSteps(context: Ctx) {
   const native = context._ctx;
   const steps: number[][] = [];
+  /** When each step's decode started (performance.now()). */
+  const at: number[] = [];
   let seqs: number[] = [];
   context._ctx = new Proxy(native, {
     get(t, p) {
       if (p === "addToBatch") return (...a: unknown[]) => (seqs.push((a[2] as Uint32Array).length), t.addToBatch!(...a));
-      if (p === "decodeBatch") return (...a: unknown[]) => (steps.push(seqs), (seqs = []), t.decodeBatch!(...a));
+      if (p === "decodeBatch") return (...a: unknown[]) => (steps.push(seqs), at.push(performance.now()), (seqs = []), t.decodeBatch!(...a));
       const v = t[p as string];
       return typeof v === "function" ? v.bind(t) : v;
     },
   });
-  return { steps, restore: () => void (context._ctx = native) };
+  return { steps, at, restore: () => void (context._ctx = native) };
 }
 
 test("requests sent together evaluate their prompts in one step; contexts use flash attention auto", async () => {
@@ -181,26 +183,28 @@ test("requests sent together evaluate their prompts in one step; contexts use fl
 
 test("a prompt arriving at an idle model waits a share of its expected prompt time for requests sent just after it (gatherMs)", async () => {
   // Prompts evaluate in well under a millisecond per token here, so the stepper's estimate is set by
-  // hand: 1 s per token makes the wait the cap (gatherMs), 20 ms.
+  // hand: 1 s per token makes the wait the cap (gatherMs), 100 ms, which
+  // ends early once both slots have queued.
   const run = async (e: Engine) => {
     const loaded = await e.load("tiny");
     const context = (loaded.native as unknown as { pool: { context: Ctx } }).pool.context;
     const stepper = existingStepper(context as never) as unknown as { promptMsPerToken: number | undefined; gathered: number } | undefined;
-    const { steps, restore } = recordSteps(context);
+    const { steps, at, restore } = recordSteps(context);
     try {
+      const t0 = performance.now();
       const before = stepper?.gathered ?? 0;
       if (stepper) stepper.promptMsPerToken = 1000;
       const first = e.complete("tiny", { prompt: "a prompt of several words, number 0", temperature: 0, maxTokens: 4 });
       await Bun.sleep(5);
       const second = e.complete("tiny", { prompt: "a prompt of several words, number 1", temperature: 0, maxTokens: 4 });
       await Promise.all([first, second]);
-      return { first: steps[0]!, gathered: (stepper?.gathered ?? 0) - before };
+      return { first: steps[0]!, firstStepMs: at[0]! - t0, gathered: (stepper?.gathered ?? 0) - before };
     } finally {
       restore();
     }
   };
   // Warm the stepper up (it exists after the first plain generation).
-  const waits = make(true, 2, "auto", 20);
+  const waits = make(true, 2, "auto", 100);
   const never = make(true, 2, "auto", 0);
   try {
     for (const e of [waits, never]) await e.complete("tiny", { prompt: "warm", temperature: 0, maxTokens: 2 });
@@ -209,6 +213,8 @@ test("a prompt arriving at an idle model waits a share of its expected prompt ti
     expect(joined.first.length).toBe(2);
     expect(Math.min(...joined.first)).toBeGreaterThan(1);
     expect(joined.gathered).toBe(1);
+    // The second request filled the last slot, so the step did not wait out the 100 ms.
+    expect(joined.firstStepMs).toBeLessThan(90);
     // ...and without the wait the first prompt goes alone.
     const alone = await run(never);
     expect(alone.first.length).toBe(1);

@@ -134,9 +134,9 @@ export class Stepper {
   promptMsPerToken: number | undefined;
   /** A prompt from idle is waiting for others sent with it (see GATHER_SHARE). */
   private gathering = false;
-  /** Prompt steps that started after waiting for others (for tests and the debug log). */
+  /** Prompt steps that started after waiting for others (for tests). */
   gathered = 0;
-  /** Generation steps decoded on the JavaScript thread (for tests and the debug log). */
+  /** Generation steps decoded on the JavaScript thread (for tests). */
   syncSteps = 0;
   private readonly sd = { tokens: new Int32Array(SYNC_MAX), pos: new Int32Array(SYNC_MAX), seq: new Int32Array(SYNC_MAX), flags: new Uint8Array(SYNC_MAX) };
 
