@@ -37,6 +37,10 @@ describe("config", () => {
     expect(loadConfig({}, { SHIMMY_DIRECT_DECODE: "0" })).toMatchObject({ directDecode: false });
     expect(loadConfig({}, {})).toMatchObject({ syncGreedy: true, mmap: "auto", hugepages: true });
     expect(loadConfig({}, { SHIMMY_HUGEPAGES: "0" })).toMatchObject({ hugepages: false });
+    expect(loadConfig({}, {})).toMatchObject({ alignWeights: "auto" });
+    expect(loadConfig({}, { SHIMMY_ALIGN_WEIGHTS: "0" })).toMatchObject({ alignWeights: false });
+    expect(loadConfig({}, { SHIMMY_ALIGN_WEIGHTS: "1" })).toMatchObject({ alignWeights: true });
+    expect(() => loadConfig({}, { SHIMMY_ALIGN_WEIGHTS: "32" })).toThrow("SHIMMY_ALIGN_WEIGHTS must be 0, 1 or auto");
     expect(loadConfig({}, { SHIMMY_MMAP: "0" })).toMatchObject({ mmap: false });
     expect(loadConfig({}, { SHIMMY_MMAP: "1" })).toMatchObject({ mmap: true });
     expect(loadConfig({}, { SHIMMY_MMAP: "auto" })).toMatchObject({ mmap: "auto" });

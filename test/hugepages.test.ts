@@ -1,11 +1,14 @@
 /**
  * Transparent huge pages for llama.cpp's big CPU buffers (src/engine/hugepages.ts): blocks of 16 MiB
  * or more that ggml allocates ask for huge pages before they are touched; small ones are left alone.
+ * And weights read into memory start 32 bytes past a 64-byte boundary (alignWeightsFor).
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { Engine } from "../src/engine/engine.ts";
-import { hugepagesPaused, hugepagesStats, thpMode, withHugepages } from "../src/engine/hugepages.ts";
+import path from "node:path";
+import { alignWeightsFor, hugepagesPaused, hugepagesStats, thpMode, weightsAligning, withHugepages, withWeightsAligned } from "../src/engine/hugepages.ts";
+import { writeTinyModel } from "../src/gguf/presets.ts";
 import { ModelRegistry } from "../src/engine/registry.ts";
 import { loadedGgml } from "../src/engine/threadpool.ts";
 import { makeFixtures } from "./helpers.ts";
@@ -110,4 +113,77 @@ test("a memory-mapped model loads with the advice paused; a model read into memo
     expect(seen.at(-1)).toBe(false);
     expect(hugepagesPaused()).toBe(false);
   }
+});
+
+test("alignWeightsFor: auto places the weights on x86-64 only; an explicit setting wins", () => {
+  expect(alignWeightsFor("auto", "x64")).toBe(true);
+  expect(alignWeightsFor(undefined, "x64")).toBe(true);
+  expect(alignWeightsFor("auto", "arm64")).toBe(false);
+  expect(alignWeightsFor(true, "arm64")).toBe(true);
+  expect(alignWeightsFor(false, "x64")).toBe(false);
+});
+
+test("withWeightsAligned starts a big ggml CPU buffer 32 bytes past a 64-byte boundary; it fills and frees like any other", async () => {
+  const thp = thpMode();
+  if (process.platform !== "linux" || thp === "never" || thp === undefined) return;
+  const { dlopen, FFIType, toArrayBuffer } = await import("bun:ffi");
+  const g = dlopen(loadedGgml(false).base!, {
+    ggml_backend_cpu_buffer_type: { args: [], returns: FFIType.ptr },
+    ggml_backend_buft_alloc_buffer: { args: [FFIType.ptr, FFIType.u64], returns: FFIType.ptr },
+    ggml_backend_buffer_get_base: { args: [FFIType.ptr], returns: FFIType.ptr },
+    ggml_backend_buffer_get_size: { args: [FFIType.ptr], returns: FFIType.u64 },
+    ggml_backend_buffer_free: { args: [FFIType.ptr], returns: FFIType.void },
+  });
+  const size = 32 * 1024 * 1024;
+  const alloc = async (bytes = size) => g.symbols.ggml_backend_buft_alloc_buffer(g.symbols.ggml_backend_cpu_buffer_type(), bytes)!;
+  const base = (b: ReturnType<typeof g.symbols.ggml_backend_buft_alloc_buffer>) => Number(g.symbols.ggml_backend_buffer_get_base(b));
+  try {
+    const before = hugepagesStats().shifted;
+    const placed = await withWeightsAligned(true, () => alloc());
+    expect(hugepagesStats().shifted).toBe(before + 1);
+    expect(base(placed) % 64).toBe(32);
+    expect(Number(g.symbols.ggml_backend_buffer_get_size(placed))).toBe(size);
+    // The whole buffer is usable from its base (the block is 32 bytes bigger than asked).
+    const bytes = new Uint8Array(toArrayBuffer(g.symbols.ggml_backend_buffer_get_base(placed)!, 0, size));
+    bytes.fill(7);
+    expect(bytes[size - 1]).toBe(7);
+    // Small blocks, blocks outside the call, and withWeightsAligned(false) keep ggml's 64-byte alignment.
+    const small = await withWeightsAligned(true, () => alloc(1 << 20));
+    const after = await alloc();
+    const off = await withWeightsAligned(false, () => alloc());
+    expect(hugepagesStats().shifted).toBe(before + 1);
+    for (const b of [small, after, off]) expect(base(b) % 64).toBe(0);
+    // The flag ends with the call, also when it throws.
+    await expect(withWeightsAligned(true, () => Promise.reject(new Error("load failed")))).rejects.toThrow("load failed");
+    expect(weightsAligning()).toBe(false);
+    for (const b of [placed, small, after, off]) g.symbols.ggml_backend_buffer_free(b);
+  } finally {
+    g.close();
+  }
+});
+
+test("a model read into memory gets its weights placed (x86-64), generates the same tokens as unplaced or mapped, and a mapped load places nothing", async () => {
+  const thp = thpMode();
+  if (process.platform !== "linux" || thp === "never" || thp === undefined) return;
+  // 28 MB of weights: one buffer over the 16 MiB threshold.
+  const dir = path.join(fx.dir, "wide");
+  require("node:fs").mkdirSync(dir);
+  await writeTinyModel(path.join(dir, "wide.gguf"), { seed: 3, shape: { embd: 512, ff: 1408, heads: 8, kvHeads: 8 } });
+  const outputs: string[] = [];
+  for (const [opts, aligned] of [[{}, process.arch === "x64"], [{ alignWeights: false }, false], [{ mmap: true }, false]] as const) {
+    const seen: boolean[] = [];
+    const e = new Engine(new ModelRegistry({ modelDirs: [dir] }, dir), { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: 256, chatTemplate: "auto", parallel: 1, ...opts, onLoadProgress: () => void seen.push(weightsAligning()) });
+    try {
+      const loaded = await e.load("wide");
+      expect((loaded.native as unknown as { weightsAligned: boolean }).weightsAligned).toBe(aligned);
+      expect(seen.slice(0, -1).every((a) => a === aligned)).toBe(true);
+      const r = await e.complete("wide", { prompt: "hello world", temperature: 0, maxTokens: 16 });
+      expect(r.timings.generatedTokens).toBe(16);
+      outputs.push(r.text);
+    } finally {
+      await e.close();
+    }
+  }
+  expect(weightsAligning()).toBe(false);
+  expect(new Set(outputs).size).toBe(1);
 });

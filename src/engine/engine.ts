@@ -159,7 +159,7 @@ export class Engine {
       const backend = await this.backend();
       const native = await backend.loadModel(entry);
       const loadMs = performance.now() - t0;
-      log.debug(`loaded ${entry.name} in ${loadMs.toFixed(0)} ms (context ${native.contextSize} x ${native.slots} slots, weights ${native.mapped ? "memory-mapped" : "read into memory"})`);
+      log.debug(`loaded ${entry.name} in ${loadMs.toFixed(0)} ms (context ${native.contextSize} x ${native.slots} slots, weights ${native.mapped ? "memory-mapped" : `read into memory${native.weightsAligned ? ", 32 bytes past a 64-byte boundary" : ""}`})`);
       this.observer.onLoad?.(entry.name, loadMs);
       return { entry, native, loadMs };
     })().catch((err) => {

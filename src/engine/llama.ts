@@ -47,7 +47,7 @@ import { nativeBuildInfo } from "./runtime.ts";
 import { StopMatcher } from "./stop.ts";
 import { installThreadpools, threadpoolStats } from "./threadpool.ts";
 import { greedyFor, installGreedy, type SamplerConfig } from "./greedy.ts";
-import { installHugepages, withHugepages } from "./hugepages.ts";
+import { alignWeightsFor, hugepagesStats, installHugepages, withHugepages, withWeightsAligned } from "./hugepages.ts";
 import { existingStepper, GATHER_MAX_MS, type NativeContext as NativeContextLike, stepperFor } from "./stepper.ts";
 import type { BackendInfo, BackendOptions, ChatMessage, FinishReason, GenerateOptions, GenerateResult, LoraAdapter, ModelEntry, ModelMeta, TokenLogprob, ToolCall, ToolDefinition } from "./types.ts";
 
@@ -360,8 +360,13 @@ export class NativeBackend {
     try {
       const progress = this.opts.onLoadProgress;
       const useMmap = chooseMmap(this.opts.mmap, { platform: process.platform, cpu: this.llama.gpu === false, fileBytes: (entry.shards ?? [entry.path]).reduce((n, f) => n + statSync(f).size, 0), availableBytes: availableMemory() });
-      // Huge pages only for a model read into memory (see withHugepages).
-      model = await withHugepages(!useMmap, () => this.llama.loadModel({ modelPath: entry.path, gpuLayers: this.llama.gpu === false ? 0 : "auto", useMmap, ...(progress ? { onLoadProgress: (p: number) => progress(entry.name, p) } : {}) }));
+      // Huge pages only for a model read into memory (see withHugepages), and its weights placed 32
+      // bytes past a 64-byte boundary (see alignWeightsFor).
+      const shiftedBefore = hugepagesStats().shifted;
+      model = await withHugepages(!useMmap, () =>
+        withWeightsAligned(!useMmap && alignWeightsFor(this.opts.alignWeights), () => this.llama.loadModel({ modelPath: entry.path, gpuLayers: this.llama.gpu === false ? 0 : "auto", useMmap, ...(progress ? { onLoadProgress: (p: number) => progress(entry.name, p) } : {}) })),
+      );
+      const weightsAligned = hugepagesStats().shifted > shiftedBefore;
       progress?.(entry.name, 1);
       const threads = !this.opts.threadsExplicit && model.size < SMALL_MODEL_BYTES ? 1 : this.opts.threads;
       const loaded = model;
@@ -383,7 +388,9 @@ export class NativeBackend {
       const context = await makeContext(entry.loras ?? []);
       // Vulkan decodes through node-llama-cpp's dispatcher, which serialises decodes across contexts (a Vulkan crash workaround).
       const direct = this.opts.directDecode !== false && this.llama.gpu !== "vulkan";
-      return new NativeModel(model, context, entry.loras ?? [], makeContext, this.opts.chatTemplates?.[entry.name] ?? this.opts.chatTemplate, threads, this.opts.maxQueue, direct, useMmap, this.opts.syncGreedy !== false, this.opts.syncDecode ?? "auto", this.opts.gatherMs ?? GATHER_MAX_MS);
+      const native = new NativeModel(model, context, entry.loras ?? [], makeContext, this.opts.chatTemplates?.[entry.name] ?? this.opts.chatTemplate, threads, this.opts.maxQueue, direct, useMmap, this.opts.syncGreedy !== false, this.opts.syncDecode ?? "auto", this.opts.gatherMs ?? GATHER_MAX_MS);
+      native.weightsAligned = weightsAligned;
+      return native;
     } catch (err) {
       await model?.dispose().catch(() => {});
       if (err instanceof InsufficientMemoryError) throw new OverloadedError(`not enough memory to load ${entry.name}: ${err.message}; unload a model, lower --parallel or --ctx-size`, { cause: err });
@@ -710,6 +717,8 @@ class Run {
 }
 
 export class NativeModel {
+  /** The weights were read into memory 32 bytes past a 64-byte boundary (see alignWeightsFor in hugepages.ts). */
+  weightsAligned = false;
   /** The slots new requests go to; a LoRA swap replaces it (the old one serves what it started). */
   private pool: SlotPool;
   private readonly retiring = new Set<SlotPool>();

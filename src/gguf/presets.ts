@@ -379,12 +379,14 @@ export interface TinyModelOptions {
     readonly name?: string;
     /** `llama.context_length` (training context). Default 512. */
     readonly contextLength?: number;
+    /** Wider or deeper than TINY_SHAPE (the vocabulary stays): e.g. embd 512 and ff 1408 make a 28 MB file, for code that acts on big buffers only. */
+    readonly shape?: Partial<Pick<LlamaShape, "embd" | "ff" | "layers" | "heads" | "kvHeads">>;
 }
 
 /** The tiny model's GGUF description (F32; data generated lazily while writing). */
 export function tinyModelSpec(opts: TinyModelOptions = {}): GgufFile {
     const seed = opts.seed ?? 1;
-    const shape: LlamaShape = { ...TINY_SHAPE, contextLength: opts.contextLength ?? TINY_SHAPE.contextLength };
+    const shape: LlamaShape = { ...TINY_SHAPE, ...opts.shape, contextLength: opts.contextLength ?? TINY_SHAPE.contextLength };
     const vocab = buildSpmVocab(shape.vocabSize);
     return llamaModel(shape, vocab, opts.name ?? "shimmy-tiny", GgmlType.F32, 0, (spec, std, zeroRows) => () => {
         const data = uniformTensor(seed, spec.name, spec.inDim * spec.outDim, uniformAmp(std));
