@@ -157,11 +157,18 @@ async function install(gpu: string | false): Promise<HugepagesState> {
     const b = dlopen(base, { ggml_aligned_malloc: { args: [FFIType.u64], returns: FFIType.ptr } });
     keep.push(b);
     const real = (b.symbols.ggml_aligned_malloc as unknown as { ptr: number }).ptr;
-    // The C library ggml's libraries allocate and free with (weights_block in hugepages.c).
-    const libc = dlopen("libc.so.6", { malloc: { args: [FFIType.u64], returns: FFIType.ptr }, free: { args: [FFIType.ptr], returns: FFIType.void } });
-    keep.push(libc);
-    const malloc = (libc.symbols.malloc as unknown as { ptr: number }).ptr;
-    const free = (libc.symbols.free as unknown as { ptr: number }).ptr;
+    // The C library ggml's libraries allocate and free with (weights_block in hugepages.c). Without
+    // glibc (musl), weights are not placed; the huge pages still apply.
+    let malloc = 0;
+    let free = 0;
+    try {
+      const libc = dlopen("libc.so.6", { malloc: { args: [FFIType.u64], returns: FFIType.ptr }, free: { args: [FFIType.ptr], returns: FFIType.void } });
+      keep.push(libc);
+      malloc = (libc.symbols.malloc as unknown as { ptr: number }).ptr;
+      free = (libc.symbols.free as unknown as { ptr: number }).ptr;
+    } catch {
+      log.debug("hugepages: glibc not found; weights read into memory keep ggml's alignment");
+    }
     const compiled = cc({
       source: hookSourceFile("hugepages", source),
       symbols: {
