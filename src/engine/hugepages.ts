@@ -78,26 +78,25 @@ export function alignWeightsFor(setting: boolean | "auto" | undefined, arch: str
   return setting === undefined || setting === "auto" ? arch === "x64" : setting;
 }
 
+/** Whether big blocks are being placed for weights now (a model read into memory is loading; see withWeightsAligned). */
+export function weightsAligning(): boolean {
+  return native ? native.shimmy_hp_weights(0) > 0 : false;
+}
+
 /**
  * Runs `fn` (a model load reading its weights into memory) with big blocks placed 32 bytes past a
  * 64-byte boundary (see alignWeightsFor). Process-wide while it runs, like withHugepages' pause: a KV
  * cache allocated meanwhile by another model's context gets the same placement (still aligned as ggml
  * requires). Does nothing where the wrapper is not installed.
  */
-/** Whether big blocks are being placed for weights now (a model read into memory is loading; see withWeightsAligned). */
-export function weightsAligning(): boolean {
-  return native ? native.shimmy_hp_weights(0) > 0 : false;
+export async function withWeightsAligned<T>(align: boolean, fn: () => Promise<T>): Promise<T> {
+  const n = native;
+  return align && n ? whileRaised((d) => n.shimmy_hp_weights(d), fn) : fn();
 }
 
-export async function withWeightsAligned<T>(align: boolean, fn: () => Promise<T>): Promise<T> {
-  if (!align || !native) return fn();
-  const n = native;
-  n.shimmy_hp_weights(1);
-  try {
-    return await fn();
-  } finally {
-    n.shimmy_hp_weights(-1);
-  }
+/** Whether the advice is paused now (a memory-mapped model is loading). */
+export function hugepagesPaused(): boolean {
+  return native ? native.shimmy_hp_pause(0) > 0 : false;
 }
 
 /**
@@ -108,19 +107,18 @@ export async function withWeightsAligned<T>(align: boolean, fn: () => Promise<T>
  * mapped: 34-42 ms). The cause is not established. The pause is process-wide: a model read into
  * memory that loads at the same time as a mapped one gets ordinary pages too (only its speed changes).
  */
-/** Whether the advice is paused now (a memory-mapped model is loading). */
-export function hugepagesPaused(): boolean {
-  return native ? native.shimmy_hp_pause(0) > 0 : false;
+export async function withHugepages<T>(huge: boolean, fn: () => Promise<T>): Promise<T> {
+  const n = native;
+  return huge || !n ? fn() : whileRaised((d) => n.shimmy_hp_pause(d), fn);
 }
 
-export async function withHugepages<T>(huge: boolean, fn: () => Promise<T>): Promise<T> {
-  if (huge || !native) return fn();
-  const n = native;
-  n.shimmy_hp_pause(1);
+/** Raises one of hugepages.c's process-wide counters for the duration of `fn`, also when it throws. */
+async function whileRaised<T>(counter: (delta: number) => number, fn: () => Promise<T>): Promise<T> {
+  counter(1);
   try {
     return await fn();
   } finally {
-    n.shimmy_hp_pause(-1);
+    counter(-1);
   }
 }
 
