@@ -165,10 +165,11 @@ test("withWeightsAligned starts a big ggml CPU buffer 32 bytes past a 64-byte bo
 test("a model read into memory gets its weights placed (x86-64), generates the same tokens as unplaced or mapped, and a mapped load places nothing", async () => {
   const thp = thpMode();
   if (process.platform !== "linux" || thp === "never" || thp === undefined) return;
-  // 28 MB of weights: one buffer over the 16 MiB threshold.
+  // 43 MB of weights: one buffer over glibc's largest mmap threshold (32 MiB), so malloc maps it (a
+  // smaller one may come from the heap, anywhere, and then is not placed).
   const dir = path.join(fx.dir, "wide");
   require("node:fs").mkdirSync(dir);
-  await writeTinyModel(path.join(dir, "wide.gguf"), { seed: 3, shape: { embd: 512, ff: 1408, heads: 8, kvHeads: 8 } });
+  await writeTinyModel(path.join(dir, "wide.gguf"), { seed: 3, shape: { embd: 640, ff: 1792, heads: 10, kvHeads: 10 } });
   const outputs: string[] = [];
   for (const [opts, aligned] of [[{}, process.arch === "x64"], [{ alignWeights: false }, false], [{ mmap: true }, false]] as const) {
     const seen: boolean[] = [];

@@ -25,13 +25,34 @@ typedef void *(*alloc_t)(unsigned long size);
 /* previous_hook and remember_hook: hook-marker.c, put in front of this file at compile time. */
 
 static alloc_t real_alloc;
-static volatile long marked_bytes;
-static volatile int marked_blocks;
-/* While above 0, blocks are allocated without the advice (buffers of memory-mapped models). */
-static volatile int paused;
-/* While above 0, big blocks start 32 bytes past a 64-byte boundary (weights read into memory; see weights_block). */
-static volatile int weights;
-static volatile int shifted_blocks;
+/*
+ * The wrapper's counters, one set per process: each copy of this code (hook-marker.c) installs its
+ * own wrapper, but they all count in the set the first copy allocated (never freed), so a pause or a
+ * weights load started through one copy holds whichever copy's wrapper sits in the slots.
+ */
+struct hp_state {
+    volatile long marked_bytes;
+    volatile int marked_blocks;
+    /* While above 0, blocks are allocated without the advice (buffers of memory-mapped models). */
+    volatile int paused;
+    /* While above 0, big blocks start 32 bytes past a 64-byte boundary (weights read into memory; see weights_block). */
+    volatile int weights;
+    volatile int shifted_blocks;
+};
+static struct hp_state *st;
+
+void *calloc(unsigned long n, unsigned long size);
+
+static int share_state(void) {
+    if (st) return 1;
+    st = (struct hp_state *)previous_hook("SHIMMY_HUGEPAGES_STATE");
+    if (!st) {
+        st = (struct hp_state *)calloc(1, sizeof *st);
+        if (!st) return 0;
+        remember_hook("SHIMMY_HUGEPAGES_STATE", (void *)st);
+    }
+    return 1;
+}
 
 /*
  * A block for weights read into memory whose usable start is 32 bytes past a 64-byte boundary:
@@ -42,7 +63,8 @@ static volatile int shifted_blocks;
  * pointer rounded up to 32 bytes (ggml_backend_cpu_buffer_get_base, TENSOR_ALIGNMENT). So the block
  * comes from the C library's malloc, 32 bytes bigger than asked: glibc gives a big (mmapped) block 16
  * bytes past a page boundary, which ggml rounds up to 32. A block that would not start 32 bytes past a
- * 64-byte boundary is given back, and ggml's own allocator is used as usual.
+ * 64-byte boundary (one under glibc's mmap threshold, at most 32 MiB, may come from the heap, anywhere)
+ * is given back, and ggml's own allocator is used as usual.
  */
 typedef void *(*malloc_t)(unsigned long size);
 typedef void (*free_t)(void *p);
@@ -56,7 +78,7 @@ static void *weights_block(unsigned long size) {
     if (!p) return 0;
     unsigned long base = ((unsigned long)p + 31) & ~31ul;
     if ((base & 63) == 32) {
-        shifted_blocks++;
+        st->shifted_blocks++;
         return p;
     }
     libc_free(p);
@@ -64,14 +86,14 @@ static void *weights_block(unsigned long size) {
 }
 
 static void *hook_aligned_malloc(unsigned long size) {
-    void *p = size >= MIN_BYTES && weights > 0 ? weights_block(size) : 0;
+    void *p = size >= MIN_BYTES && st->weights > 0 ? weights_block(size) : 0;
     if (!p) p = real_alloc(size);
-    if (p && size >= MIN_BYTES && paused <= 0) {
+    if (p && size >= MIN_BYTES && st->paused <= 0) {
         unsigned long start = ((unsigned long)p + HUGE - 1) & ~(HUGE - 1);
         unsigned long end = ((unsigned long)p + size) & ~(HUGE - 1);
         if (end > start && madvise((void *)start, end - start, MADV_HUGEPAGE) == 0) {
-            marked_bytes += (long)(end - start);
-            marked_blocks++;
+            st->marked_bytes += (long)(end - start);
+            st->marked_blocks++;
         }
     }
     return p;
@@ -86,6 +108,7 @@ int shimmy_hp_install(void **slot, void *real, void *malloc, void *free) {
     unsigned long page = (unsigned long)getpagesize();
     unsigned long start = (unsigned long)slot & ~(page - 1);
     if (real_alloc && real_alloc != (alloc_t)real) return 1;
+    if (!share_state()) return 3;
     if (mprotect((void *)start, page, 3 /* PROT_READ | PROT_WRITE */) != 0) return 2;
     real_alloc = (alloc_t)real;
     libc_malloc = (malloc_t)malloc;
@@ -102,25 +125,25 @@ void *shimmy_hp_previous(void) {
 
 /* Pauses (+1) or resumes (-1) the advice; returns the new pause count. */
 int shimmy_hp_pause(int delta) {
-    paused += delta;
-    return paused;
+    st->paused += delta;
+    return st->paused;
 }
 /* Starts (+1) or ends (-1) the allocation of weights (see weights_block); returns the new count. */
 int shimmy_hp_weights(int delta) {
-    weights += delta;
-    return weights;
+    st->weights += delta;
+    return st->weights;
 }
 
 /* Blocks allocated by weights_block so far. */
 int shimmy_hp_shifted_blocks(void) {
-    return shifted_blocks;
+    return st->shifted_blocks;
 }
 
 /* Bytes and blocks marked so far (for the debug log and tests). */
 long shimmy_hp_marked_bytes(void) {
-    return marked_bytes;
+    return st->marked_bytes;
 }
 
 int shimmy_hp_marked_blocks(void) {
-    return marked_blocks;
+    return st->marked_blocks;
 }

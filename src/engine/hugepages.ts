@@ -193,7 +193,7 @@ async function install(gpu: string | false): Promise<HugepagesState> {
     if (!slots.length) return { installed: false, reason: "no import slot of ggml_aligned_malloc found", thp };
     for (const slot of slots) {
       const rc = s.shimmy_hp_install(slot, real, malloc, free);
-      if (rc !== 0) return { installed: false, reason: rc === 2 ? "an import table could not be made writable" : `install returned ${rc}`, thp };
+      if (rc !== 0) return { installed: false, reason: rc === 2 ? "an import table could not be made writable" : rc === 3 ? "no memory for the wrapper's counters" : `install returned ${rc}`, thp };
     }
     native = s;
     return { installed: true, thp };

@@ -379,7 +379,7 @@ export interface TinyModelOptions {
     readonly name?: string;
     /** `llama.context_length` (training context). Default 512. */
     readonly contextLength?: number;
-    /** Wider or deeper than TINY_SHAPE (the vocabulary stays): e.g. embd 512 and ff 1408 make a 28 MB file, for code that acts on big buffers only. */
+    /** Wider or deeper than TINY_SHAPE (the vocabulary stays): e.g. embd 640 and ff 1792 make a 43 MB file, for code that acts on big buffers only. */
     readonly shape?: Partial<Pick<LlamaShape, "embd" | "ff" | "layers" | "heads" | "kvHeads">>;
 }
 
