@@ -11,7 +11,6 @@
  */
 
 int madvise(void *addr, unsigned long len, int advice);
-
 int mprotect(void *addr, unsigned long len, int prot);
 int getpagesize(void);
 

@@ -366,6 +366,7 @@ export class NativeBackend {
       model = await withHugepages(!useMmap, () =>
         withWeightsAligned(!useMmap && alignWeightsFor(this.opts.alignWeights), () => this.llama.loadModel({ modelPath: entry.path, gpuLayers: this.llama.gpu === false ? 0 : "auto", useMmap, ...(progress ? { onLoadProgress: (p: number) => progress(entry.name, p) } : {}) })),
       );
+      // The count is process-wide: a model loading at the same time may be credited too (debug log and tests only).
       const weightsAligned = hugepagesStats().shifted > shiftedBefore;
       progress?.(entry.name, 1);
       const threads = !this.opts.threadsExplicit && model.size < SMALL_MODEL_BYTES ? 1 : this.opts.threads;
