@@ -1,0 +1,89 @@
+/**
+ * The time between one token's decode and the next (not a test): what shimmy does on the JavaScript
+ * thread per token, serially, while llama.cpp's threads wait (sampling, detokenizing, the stop matcher,
+ * handing the text to its consumer and, through the server, writing it to the socket).
+ *
+ * On a machine with as many llama.cpp threads as cores, this time adds to every token: it is the
+ * part of shimmy's per-token cost that its own code decides. The script loads MODEL once, starts the
+ * real server in this process on a loopback port, and alternates rounds of generations through the
+ * server (SSE read by `curl`, a process of its own, so no client JavaScript runs here) and through the
+ * engine alone. It wraps the synchronous decode call (greedy.ts's GreedyContext.decode, the decode
+ * loop's path for one-token steps) with a clock and prints, per round and path, the median and 90th
+ * percentile of the time from the end of one decode call to the start of the next, and the median
+ * decode call.
+ *
+ *   bun scripts/bench-gap.ts [--model FILE] [--threads 2] [--tokens 64] [--rounds 4] [--runs 3]
+ *
+ * Needs greedy.ts installed (Linux, SHIMMY_SYNC_GREEDY not 0) and `curl` on the PATH.
+ */
+import { existsSync, mkdirSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { Engine } from "../src/engine/engine.ts";
+import { GreedyContext } from "../src/engine/greedy.ts";
+import { ModelRegistry } from "../src/engine/registry.ts";
+import { writeBenchModel } from "../src/gguf/presets.ts";
+import { createApp } from "../src/server/app.ts";
+import { listen } from "../src/server/listen.ts";
+import { benchPrompt } from "./bench-prompt.ts";
+
+const { values } = parseArgs({ options: { model: { type: "string" }, threads: { type: "string" }, tokens: { type: "string" }, rounds: { type: "string" }, runs: { type: "string" } } });
+const model = values.model ?? path.join(os.tmpdir(), "shimmy-fixtures", "bench-tinyllama-q8.gguf");
+const threads = Number(values.threads ?? 2);
+const tokens = Number(values.tokens ?? 64);
+const rounds = Number(values.rounds ?? 4);
+const runs = Number(values.runs ?? 3);
+if (!existsSync(model)) {
+  mkdirSync(path.dirname(model), { recursive: true });
+  console.error(`writing the bench model to ${model} ...`);
+  await writeBenchModel(model);
+}
+
+// Decode calls more than this apart belong to different generations (the next prompt is between them).
+const SAME_GENERATION_MS = 50;
+let lastEnd = 0;
+let gaps: number[] = [];
+let calls: number[] = [];
+const decode = GreedyContext.prototype.decode;
+GreedyContext.prototype.decode = function (this: GreedyContext, ...args: Parameters<typeof decode>) {
+  const t0 = performance.now();
+  if (lastEnd && t0 - lastEnd < SAME_GENERATION_MS) gaps.push(t0 - lastEnd);
+  const r = decode.apply(this, args);
+  lastEnd = performance.now();
+  calls.push(lastEnd - t0);
+  return r;
+};
+
+const name = path.basename(model, ".gguf").toLowerCase();
+const engine = new Engine(new ModelRegistry({ modelPath: model, modelDirs: [] }), { gpu: "cpu", threads, threadsExplicit: true, ctxSize: 2048, chatTemplate: "auto", parallel: 1, keepAliveMs: -1 });
+const server = listen(createApp({ engine }), "127.0.0.1:0");
+await engine.load(name);
+
+const quantile = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.floor(p * (xs.length - 1))] ?? NaN;
+const viaServer = async (i: number) => {
+  const body = JSON.stringify({ model: name, prompt: benchPrompt(i), max_tokens: tokens, temperature: 0 });
+  const curl = Bun.spawn(["curl", "-sSN", "-o", "/dev/null", "-H", "accept: text/event-stream", "-d", body, `${server.url}/api/generate`], { stderr: "inherit" });
+  if ((await curl.exited) !== 0) throw new Error("curl failed");
+};
+const viaEngine = async (i: number) => {
+  for await (const _ of engine.generate(name, { prompt: benchPrompt(i), maxTokens: tokens, temperature: 0 })) {
+    // consume
+  }
+};
+
+console.log(`model ${path.basename(model)}, threads ${threads}, ${tokens} tokens, ${runs} generations per round`);
+console.log("| round | path | between decodes p50 ms | p90 ms | decode call p50 ms | gaps |\n|---|---|---|---|---|---|");
+await viaEngine(0);
+for (let r = 0; r < rounds; r++) {
+  for (const [label, run] of [["server SSE", viaServer], ["engine", viaEngine]] as const) {
+    gaps = [];
+    calls = [];
+    lastEnd = 0;
+    for (let i = 0; i < runs; i++) await run(r * runs + i + 1);
+    if (!gaps.length) throw new Error("no synchronous decode calls were seen: is greedy.ts installed (Linux, SHIMMY_SYNC_GREEDY)?");
+    console.log(`| ${r + 1} | ${label} | ${quantile(gaps, 0.5).toFixed(3)} | ${quantile(gaps, 0.9).toFixed(3)} | ${quantile(calls, 0.5).toFixed(2)} | ${gaps.length} |`);
+  }
+}
+await server.stop();
+process.exit(0);
