@@ -12,11 +12,16 @@
  * percentile of the time from the end of one decode call to the start of the next, and the median
  * decode call.
  *
- *   bun scripts/bench-gap.ts [--model FILE] [--threads 2] [--tokens 64] [--rounds 4] [--runs 3]
+ *   bun scripts/bench-gap.ts [--model FILE] [--threads 2] [--tokens 64] [--rounds 4] [--runs 3] [--llama-server PATH]
+ *
+ * With --llama-server (the binary `bun run bench:compare` builds), each round also runs that server
+ * on the same model and threads, read by the same `curl`, with scripts/decode-gap-shim.c preloaded
+ * (compiled here with gcc): it wraps llama.cpp's llama_decode and records the same two times, so
+ * llama-server's serial work per token is measured the same way.
  *
  * Needs greedy.ts installed (Linux, SHIMMY_SYNC_GREEDY not 0) and `curl` on the PATH.
  */
-import { existsSync, mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
@@ -28,7 +33,7 @@ import { createApp } from "../src/server/app.ts";
 import { listen } from "../src/server/listen.ts";
 import { benchPrompt } from "./bench-prompt.ts";
 
-const { values } = parseArgs({ options: { model: { type: "string" }, threads: { type: "string" }, tokens: { type: "string" }, rounds: { type: "string" }, runs: { type: "string" } } });
+const { values } = parseArgs({ options: { model: { type: "string" }, threads: { type: "string" }, tokens: { type: "string" }, rounds: { type: "string" }, runs: { type: "string" }, "llama-server": { type: "string" } } });
 const model = values.model ?? path.join(os.tmpdir(), "shimmy-fixtures", "bench-tinyllama-q8.gguf");
 const threads = Number(values.threads ?? 2);
 const tokens = Number(values.tokens ?? 64);
@@ -72,18 +77,55 @@ const viaEngine = async (i: number) => {
   }
 };
 
+const llamaServer = values["llama-server"];
+let shim: string | undefined;
+if (llamaServer) {
+  // The llama.cpp source tree the binary was built from: <src>/build*/bin/llama-server.
+  const src = path.resolve(path.dirname(llamaServer), "..", "..");
+  shim = path.join(os.tmpdir(), `shimmy-gap-shim-${process.pid}.so`);
+  const cc = Bun.spawnSync(["gcc", "-O2", "-shared", "-fPIC", "-o", shim, path.join(import.meta.dir, "decode-gap-shim.c"), `-I${src}/include`, `-I${src}/ggml/include`, "-ldl"], { stderr: "inherit" });
+  if (cc.exitCode !== 0) throw new Error("could not compile scripts/decode-gap-shim.c");
+}
+/** One round of llama-server: a fresh process (the shim writes its times when it exits). */
+const llamaRound = async (first: number) => {
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const out = path.join(os.tmpdir(), `shimmy-gap-${process.pid}.json`);
+  const proc = Bun.spawn([llamaServer!, "-m", model, "-t", String(threads), "-tb", String(threads), "-c", "2048", "-np", "1", "--port", String(port), "--host", "127.0.0.1", "-ngl", "0", "--no-warmup"], { env: { ...process.env, LD_PRELOAD: shim!, GAP_OUT: out }, stdout: "ignore", stderr: "ignore" });
+  for (let i = 0; ; i++) {
+    if (i > 600) throw new Error("llama-server did not start");
+    const ok = await fetch(`http://127.0.0.1:${port}/health`).then((r) => r.ok, () => false);
+    if (ok) break;
+    await Bun.sleep(100);
+  }
+  for (let i = 0; i < runs; i++) {
+    const body = JSON.stringify({ prompt: benchPrompt(first + i), n_predict: tokens, temperature: 0, stream: true, cache_prompt: false });
+    const curl = Bun.spawn(["curl", "-sSN", "-o", "/dev/null", "-d", body, `http://127.0.0.1:${port}/completion`], { stderr: "inherit" });
+    if ((await curl.exited) !== 0) throw new Error("curl failed");
+  }
+  proc.kill("SIGINT");
+  await proc.exited;
+  const times = JSON.parse(readFileSync(out, "utf8")) as { gaps: number[]; calls: number[] };
+  rmSync(out, { force: true });
+  gaps = times.gaps;
+  calls = times.calls;
+};
+
 console.log(`model ${path.basename(model)}, threads ${threads}, ${tokens} tokens, ${runs} generations per round`);
 console.log("| round | path | between decodes p50 ms | p90 ms | decode call p50 ms | gaps |\n|---|---|---|---|---|---|");
 await viaEngine(0);
 for (let r = 0; r < rounds; r++) {
-  for (const [label, run] of [["server SSE", viaServer], ["engine", viaEngine]] as const) {
+  const paths: Array<readonly [string, (i: number) => Promise<void>]> = [["server SSE", viaServer], ["engine", viaEngine]];
+  if (llamaServer) paths.push(["llama-server", async () => {}]);
+  for (const [label, run] of paths) {
     gaps = [];
     calls = [];
     lastEnd = 0;
-    for (let i = 0; i < runs; i++) await run(r * runs + i + 1);
+    if (label === "llama-server") await llamaRound(r * runs + 1);
+    else for (let i = 0; i < runs; i++) await run(r * runs + i + 1);
     if (!gaps.length) throw new Error("no synchronous decode calls were seen: is greedy.ts installed (Linux, SHIMMY_SYNC_GREEDY)?");
     console.log(`| ${r + 1} | ${label} | ${quantile(gaps, 0.5).toFixed(3)} | ${quantile(gaps, 0.9).toFixed(3)} | ${quantile(calls, 0.5).toFixed(2)} | ${gaps.length} |`);
   }
 }
 await server.stop();
+if (shim) rmSync(shim, { force: true });
 process.exit(0);
