@@ -104,25 +104,30 @@ const llamaRound = async (first: number) => {
   }
   proc.kill("SIGINT");
   await proc.exited;
+  if (!existsSync(out)) throw new Error(`llama-server exited (${proc.exitCode ?? proc.signalCode}) without writing its decode times`);
   const times = JSON.parse(readFileSync(out, "utf8")) as { gaps: number[]; calls: number[] };
   rmSync(out, { force: true });
   gaps = times.gaps;
   calls = times.calls;
 };
 
+/** A round through shimmy: `runs` generations, timed by the wrapper around GreedyContext.decode. */
+const shimmyRound = (run: (i: number) => Promise<void>) => async (first: number) => {
+  for (let i = 0; i < runs; i++) await run(first + i);
+};
+const paths: Array<[string, (first: number) => Promise<void>]> = [["server SSE", shimmyRound(viaServer)], ["engine", shimmyRound(viaEngine)]];
+if (llamaServer) paths.push(["llama-server", llamaRound]);
+
 console.log(`model ${path.basename(model)}, threads ${threads}, ${tokens} tokens, ${runs} generations per round`);
 console.log("| round | path | between decodes p50 ms | p90 ms | decode call p50 ms | gaps |\n|---|---|---|---|---|---|");
 await viaEngine(0);
 for (let r = 0; r < rounds; r++) {
-  const paths: Array<readonly [string, (i: number) => Promise<void>]> = [["server SSE", viaServer], ["engine", viaEngine]];
-  if (llamaServer) paths.push(["llama-server", async () => {}]);
-  for (const [label, run] of paths) {
+  for (const [label, round] of paths) {
     gaps = [];
     calls = [];
     lastEnd = 0;
-    if (label === "llama-server") await llamaRound(r * runs + 1);
-    else for (let i = 0; i < runs; i++) await run(r * runs + i + 1);
-    if (!gaps.length) throw new Error("no synchronous decode calls were seen: is greedy.ts installed (Linux, SHIMMY_SYNC_GREEDY)?");
+    await round(r * runs + 1);
+    if (!gaps.length) throw new Error(label === "llama-server" ? "llama-server made no one-token decode calls" : "no synchronous decode calls were seen: is greedy.ts installed (Linux, SHIMMY_SYNC_GREEDY)?");
     console.log(`| ${r + 1} | ${label} | ${quantile(gaps, 0.5).toFixed(3)} | ${quantile(gaps, 0.9).toFixed(3)} | ${quantile(calls, 0.5).toFixed(2)} | ${gaps.length} |`);
   }
 }

@@ -1,7 +1,8 @@
 /*
- * Preloaded into llama-server by scripts/bench-gap.ts (--llama-server): wraps llama.cpp's llama_decode and
- * records, for one-token batches, the time each call takes and the time from the end of one to the start
- * of the next (under 50 ms apart: the same generation). Written as JSON to $GAP_OUT when the process exits.
+ * Preloaded into llama-server by scripts/bench-gap.ts (--llama-server): wraps llama.cpp's llama_decode
+ * and records, for one-token batches, the time each call takes and the time from the end of one to the
+ * start of the next (under 50 ms apart: the same generation). Written as JSON to $GAP_OUT when the
+ * process exits.
  */
 #define _GNU_SOURCE
 #include "llama.h"
@@ -9,24 +10,52 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
-static double now_ms(void){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec*1e3+t.tv_nsec/1e6;}
+
 #define MAXN 200000
-static double gaps[MAXN], calls[MAXN]; static int ng, nc; static double last_end;
-typedef int32_t (*dec_t)(struct llama_context*, struct llama_batch);
-static dec_t real;
-int32_t llama_decode(struct llama_context *ctx, struct llama_batch b){
-  if(!real) real=(dec_t)dlsym(RTLD_NEXT,"llama_decode");
-  double t0=now_ms();
-  int one = b.n_tokens==1;
-  if(one && last_end && t0-last_end<50 && ng<MAXN) gaps[ng++]=t0-last_end;
-  int32_t r=real(ctx,b);
-  double t1=now_ms();
-  if(one){ if(nc<MAXN) calls[nc++]=t1-t0; last_end=t1; } else last_end=0;
-  return r;
+#define SAME_GENERATION_MS 50
+
+typedef int32_t (*decode_t)(struct llama_context *, struct llama_batch);
+static decode_t real;
+static double gaps[MAXN], calls[MAXN];
+static int n_gaps, n_calls;
+static double last_end;
+
+static double now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
 }
-__attribute__((destructor)) static void dump(void){
-  const char*p=getenv("GAP_OUT"); if(!p) return; FILE*f=fopen(p,"w"); if(!f) return;
-  fprintf(f,"{\"gaps\":["); for(int i=0;i<ng;i++) fprintf(f,"%s%.4f",i?",":"",gaps[i]);
-  fprintf(f,"],\"calls\":["); for(int i=0;i<nc;i++) fprintf(f,"%s%.4f",i?",":"",calls[i]);
-  fprintf(f,"]}\n"); fclose(f);
+
+int32_t llama_decode(struct llama_context *ctx, struct llama_batch batch) {
+    if (!real) real = (decode_t)dlsym(RTLD_NEXT, "llama_decode");
+    int one = batch.n_tokens == 1;
+    double t0 = now_ms();
+    if (one && last_end && t0 - last_end < SAME_GENERATION_MS && n_gaps < MAXN) gaps[n_gaps++] = t0 - last_end;
+    int32_t r = real(ctx, batch);
+    double t1 = now_ms();
+    if (one) {
+        if (n_calls < MAXN) calls[n_calls++] = t1 - t0;
+        last_end = t1;
+    } else {
+        last_end = 0; /* a prompt: the next one-token call starts a new generation */
+    }
+    return r;
+}
+
+static void write_list(FILE *f, const char *name, const double *xs, int n) {
+    fprintf(f, "\"%s\":[", name);
+    for (int i = 0; i < n; i++) fprintf(f, "%s%.4f", i ? "," : "", xs[i]);
+    fprintf(f, "]");
+}
+
+__attribute__((destructor)) static void dump(void) {
+    const char *path = getenv("GAP_OUT");
+    FILE *f = path ? fopen(path, "w") : NULL;
+    if (!f) return;
+    fprintf(f, "{");
+    write_list(f, "gaps", gaps, n_gaps);
+    fprintf(f, ",");
+    write_list(f, "calls", calls, n_calls);
+    fprintf(f, "}\n");
+    fclose(f);
 }
