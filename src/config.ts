@@ -84,6 +84,8 @@ export interface Config {
   syncDecode: boolean | "auto";
   /** Longest a prompt arriving at an idle model waits for other requests sent with it, in ms (it waits 0.5% of its expected evaluation time, up to this; under 0.5 ms it does not wait). 0..100, default 2. Env `SHIMMY_GATHER_MS`. */
   gatherMs: number;
+  /** While generations decode, streamed text is written (and requests accepted) at most this often, in ms; the first and last tokens go out at once. 0..1000, default 30; 0 writes after every token. Env `SHIMMY_STREAM_INTERVAL_MS`. */
+  streamIntervalMs: number;
   /** On the CPU backend (Linux), a loaded model's buffers (weights read into memory, KV cache) move onto transparent huge pages. Default true. Env `SHIMMY_HUGEPAGES=0` turns it off. */
   hugepages: boolean;
   /** Weights read into memory start 32 bytes past a 64-byte boundary: `true`, `false`, or `auto` (default: on x86-64; 4-stream decode steps on Q8_0 took 10-15% less there). Needs the huge-page wrapper (Linux, CPU, `SHIMMY_HUGEPAGES` on). Env `SHIMMY_ALIGN_WEIGHTS=0|1|auto`. */
@@ -288,6 +290,7 @@ export function loadConfig(overrides: ConfigOverrides = {}, env: Record<string, 
     syncGreedy: !["0", "false", "no", "off"].includes((env.SHIMMY_SYNC_GREEDY ?? "").toLowerCase()),
     syncDecode: parseAuto("SHIMMY_SYNC_DECODE", env.SHIMMY_SYNC_DECODE),
     gatherMs: parseFloatSetting("SHIMMY_GATHER_MS", env.SHIMMY_GATHER_MS, 0, 100) ?? 2,
+    streamIntervalMs: parseFloatSetting("SHIMMY_STREAM_INTERVAL_MS", env.SHIMMY_STREAM_INTERVAL_MS, 0, 1000) ?? 30,
     directDecode: !["0", "false", "no", "off"].includes((env.SHIMMY_DIRECT_DECODE ?? "").toLowerCase()),
     playground: overrides.playground ?? !["0", "false", "no", "off"].includes((env.SHIMMY_PLAYGROUND ?? "").toLowerCase()),
     memoryLimit: parseBytes("SHIMMY_MEMORY_LIMIT", env.SHIMMY_MEMORY_LIMIT),

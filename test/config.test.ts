@@ -63,6 +63,11 @@ describe("config", () => {
     expect(loadConfig({}, { SHIMMY_GATHER_MS: "0.5" })).toMatchObject({ gatherMs: 0.5 });
     expect(() => loadConfig({}, { SHIMMY_GATHER_MS: "500" })).toThrow(/SHIMMY_GATHER_MS/);
     expect(() => loadConfig({}, { SHIMMY_GATHER_MS: "soon" })).toThrow(/SHIMMY_GATHER_MS/);
+    expect(loadConfig({}, {})).toMatchObject({ streamIntervalMs: 30 });
+    expect(loadConfig({}, { SHIMMY_STREAM_INTERVAL_MS: "0" })).toMatchObject({ streamIntervalMs: 0 });
+    expect(loadConfig({}, { SHIMMY_STREAM_INTERVAL_MS: "100" })).toMatchObject({ streamIntervalMs: 100 });
+    expect(() => loadConfig({}, { SHIMMY_STREAM_INTERVAL_MS: "-1" })).toThrow(/SHIMMY_STREAM_INTERVAL_MS/);
+    expect(() => loadConfig({}, { SHIMMY_STREAM_INTERVAL_MS: "5000" })).toThrow(/SHIMMY_STREAM_INTERVAL_MS/);
   });
 
   test("chat templates: a default and per-model items; built-in names or Jinja files", () => {

@@ -14,8 +14,8 @@ import { makeFixtures } from "./helpers.ts";
 let fx: Awaited<ReturnType<typeof makeFixtures>>;
 let direct: Engine;
 let stock: Engine;
-const make = (directDecode: boolean, parallel = 2, syncDecode: boolean | "auto" = "auto", gatherMs?: number) =>
-  new Engine(new ModelRegistry({ modelDirs: [fx.dir] }, fx.dir), { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: 1024, chatTemplate: "auto", parallel, directDecode, syncDecode, gatherMs });
+const make = (directDecode: boolean, parallel = 2, syncDecode: boolean | "auto" = "auto", gatherMs?: number, streamIntervalMs?: number) =>
+  new Engine(new ModelRegistry({ modelDirs: [fx.dir] }, fx.dir), { gpu: "cpu", threads: 1, threadsExplicit: true, ctxSize: 1024, chatTemplate: "auto", parallel, directDecode, syncDecode, gatherMs, streamIntervalMs });
 
 beforeAll(async () => {
   fx = await makeFixtures();
@@ -232,7 +232,7 @@ test("a prompt arriving at an idle model waits a share of its expected prompt ti
   }
 });
 
-type SyncView = { syncDecoder: () => SyncDecoder | undefined; syncSteps: number };
+type SyncView = { syncDecoder: () => SyncDecoder | undefined; syncSteps: number; turns: number };
 const stepperOf = async (e: Engine) => {
   const loaded = await e.load("tiny");
   return existingStepper((loaded.native as unknown as { pool: { context: object } }).pool.context as never) as unknown as SyncView | undefined;
@@ -280,9 +280,9 @@ test("syncDecode auto: the first generation step goes to the addon's worker and 
   }
 });
 
-test("a step on the JavaScript thread lets the event loop run first: every token, other work gets its turn", async () => {
+test("with streamIntervalMs 0, a step on the JavaScript thread lets the event loop run first: every token, other work gets its turn", async () => {
   if (process.platform !== "linux") return;
-  const e = make(true, 1, true);
+  const e = make(true, 1, true, undefined, 0);
   try {
     // At each token, schedule a macrotask; it must have run by the next token (a loop that never
     // yields would run the whole generation in microtasks, and the first would run only at the end).
@@ -298,6 +298,57 @@ test("a step on the JavaScript thread lets the event loop run first: every token
     }
     expect(checked).toBeGreaterThan(10);
     expect((await stepperOf(e))!.syncSteps).toBeGreaterThan(10);
+  } finally {
+    await e.close();
+  }
+});
+
+test("by default the event loop runs at least every stream interval (30 ms), not every token, and always right after the first token", async () => {
+  if (process.platform !== "linux") return;
+  const e = make(true, 1, true);
+  try {
+    const stepper = (await stepperOf(e)) ?? (await e.complete("tiny", { prompt: "warm", temperature: 0, maxTokens: 3 }), await stepperOf(e))!;
+    // Each decode made to take at least 2 ms, so 30 ms hold at least 15 steps.
+    const own = stepper.syncDecoder;
+    stepper.syncDecoder = () => {
+      const d = own();
+      return d && {
+        decode: (...a: Parameters<SyncDecoder["decode"]>) => {
+          const until = performance.now() + 2;
+          while (performance.now() < until);
+          return d.decode(...a);
+        },
+      };
+    };
+    const turnsBefore = stepper.turns;
+    const delays: number[] = [];
+    let tokens = 0;
+    let firstRan = false;
+    const t0 = performance.now();
+    try {
+      for await (const ev of e.generate("tiny", { prompt: "count with me", temperature: 0, maxTokens: 200 })) {
+        if (ev.type !== "token") continue;
+        tokens++;
+        // The first token's text goes out before the next decode: its macrotask runs before token 2.
+        if (tokens === 2) expect(firstRan).toBe(true);
+        const at = performance.now();
+        setImmediate(() => {
+          delays.push(performance.now() - at);
+          if (tokens === 1) firstRan = true;
+        });
+      }
+    } finally {
+      stepper.syncDecoder = own;
+    }
+    const elapsed = performance.now() - t0;
+    const turns = stepper.turns - turnsBefore;
+    expect(tokens).toBeGreaterThan(150);
+    // Long enough that a loop which never let the event loop run would show in the delays.
+    expect(elapsed).toBeGreaterThan(300);
+    expect(Math.max(...delays)).toBeLessThan(30 + 100);
+    // At most one turn per 15 steps (plus the first token's), at least one per 30 ms and a bit.
+    expect(turns).toBeLessThanOrEqual(Math.ceil(tokens / 15) + 2);
+    expect(turns).toBeGreaterThanOrEqual(Math.floor(elapsed / 130));
   } finally {
     await e.close();
   }

@@ -48,7 +48,7 @@ import { StopMatcher } from "./stop.ts";
 import { installThreadpools, threadpoolStats } from "./threadpool.ts";
 import { greedyFor, installGreedy, type SamplerConfig } from "./greedy.ts";
 import { alignWeightsFor, hugepagesStats, installHugepages, withHugepages, withWeightsAligned } from "./hugepages.ts";
-import { existingStepper, GATHER_MAX_MS, type NativeContext as NativeContextLike, stepperFor } from "./stepper.ts";
+import { existingStepper, GATHER_MAX_MS, type NativeContext as NativeContextLike, STREAM_INTERVAL_MS, stepperFor } from "./stepper.ts";
 import type { BackendInfo, BackendOptions, ChatMessage, FinishReason, GenerateOptions, GenerateResult, LoraAdapter, ModelEntry, ModelMeta, TokenLogprob, ToolCall, ToolDefinition } from "./types.ts";
 
 GbnfNumber.prototype.getGrammar = function (this: { allowFractional: boolean }) {
@@ -389,7 +389,7 @@ export class NativeBackend {
       const context = await makeContext(entry.loras ?? []);
       // Vulkan decodes through node-llama-cpp's dispatcher, which serialises decodes across contexts (a Vulkan crash workaround).
       const direct = this.opts.directDecode !== false && this.llama.gpu !== "vulkan";
-      const native = new NativeModel(model, context, entry.loras ?? [], makeContext, this.opts.chatTemplates?.[entry.name] ?? this.opts.chatTemplate, threads, this.opts.maxQueue, direct, useMmap, this.opts.syncGreedy !== false, this.opts.syncDecode ?? "auto", this.opts.gatherMs ?? GATHER_MAX_MS);
+      const native = new NativeModel(model, context, entry.loras ?? [], makeContext, this.opts.chatTemplates?.[entry.name] ?? this.opts.chatTemplate, threads, this.opts.maxQueue, direct, useMmap, this.opts.syncGreedy !== false, this.opts.syncDecode ?? "auto", this.opts.gatherMs ?? GATHER_MAX_MS, this.opts.streamIntervalMs ?? STREAM_INTERVAL_MS);
       native.weightsAligned = weightsAligned;
       return native;
     } catch (err) {
@@ -747,6 +747,8 @@ export class NativeModel {
     /** Generation steps on the JavaScript thread (stepper.ts's syncStep): true, false or "auto". */
     private readonly syncDecode: boolean | "auto" = "auto",
     private readonly gatherMs: number = GATHER_MAX_MS,
+    /** Longest synchronous generation steps keep the event loop waiting (ms; stepper.ts's STREAM_INTERVAL_MS). */
+    private readonly streamIntervalMs: number = STREAM_INTERVAL_MS,
   ) {
     this.pool = new SlotPool(context, loras, maxQueue);
   }
@@ -1203,7 +1205,7 @@ export class NativeModel {
     };
     const sample = greedy ? (native: NativeContextLike, idx: number) => greedy.sample(idx, () => nativeSample(native, idx)) : syncSampler ? sampleSync : nativeSample;
     const syncDecode = this.syncDecode;
-    const stepper = stepperFor(context, () => runTruncations(context), () => POOLS.get(context)?.busy ?? 0, syncDecode === false ? undefined : () => greedyFor(addon), syncDecode, this.gatherMs);
+    const stepper = stepperFor(context, () => runTruncations(context), () => POOLS.get(context)?.busy ?? 0, syncDecode === false ? undefined : () => greedyFor(addon), syncDecode, this.gatherMs, this.streamIntervalMs);
     const finishStop = (): GenerateResult => {
       const matched = run.matcher.matched;
       return matched !== undefined && userStops.includes(matched) ? { ...clock.result(run.text, "stop"), stopSequence: matched } : clock.result(run.text, "stop");

@@ -86,6 +86,14 @@ const SYNC_MAX = 64;
  */
 export const SYNC_AUTO_MS = 50;
 
+/**
+ * While sequences generate, generation steps on the JavaScript thread let the event loop run (write
+ * the text decoded so far, accept requests, see disconnects) at most this often, in ms
+ * (SHIMMY_STREAM_INTERVAL_MS). Tokens decoded in between reach their sockets together, one write per
+ * connection instead of one per token. A step right after a prompt step, and after a sequence ends,
+ * always lets it run: first tokens and last ones go out at once. See the README's Performance.
+ */
+export const STREAM_INTERVAL_MS = 30;
 /** Sequences submitting after a step get until the next event-loop turn to join the next batch. */
 const DEFER = () => new Promise<void>((r) => setImmediate(r));
 /** Longest a prompt waits for other requests that hold a slot to queue theirs. */
@@ -127,7 +135,15 @@ export class Stepper {
     private readonly syncDecode: boolean | "auto" = "auto",
     /** Longest a prompt from idle waits for others sent with it (ms; see GATHER_SHARE). */
     private readonly gatherMax: number = GATHER_MAX_MS,
+    /** Longest a run of synchronous generation steps keeps the event loop waiting (ms; see STREAM_INTERVAL_MS). */
+    private readonly streamInterval: number = STREAM_INTERVAL_MS,
   ) {}
+  /** When the event loop last ran between synchronous steps (performance.now()). */
+  private lastTurn = -Infinity;
+  /** The next synchronous step lets the event loop run first (a first or last token is waiting). */
+  private turnDue = true;
+  /** Synchronous steps that let the event loop run first (for tests). */
+  turns = 0;
   /** The last generation step's decode time (ms), either way. */
   private lastStepMs: number | undefined;
   /** The last prompt step's decode time per token (ms); estimates a prompt's evaluation time. */
@@ -162,6 +178,7 @@ export class Stepper {
   }
   end(): void {
     this.generating--;
+    this.turnDue = true;
     if (this.generating === 0) {
       this.guard?.dispose();
       this.guard = undefined;
@@ -305,6 +322,8 @@ export class Stepper {
     for (const b of batch) {
       const s = b.e.seq;
       const chunk = b.e.tokens.splice(0, b.n);
+      // A first token: the next step lets the event loop write it (see syncStep).
+      if (b.e.prompt && b.logits) this.turnDue = true;
       b.e.prompt = false;
       s._nextTokenIndex += chunk.length;
       for (const t of chunk) s._contextTokens.push(t);
@@ -332,15 +351,22 @@ export class Stepper {
    * A generation step decoded on the JavaScript thread (llama_decode through greedy.ts), instead of an
    * async call that runs it on one of the addon's worker threads and resolves through the event loop.
    * That round trip (the worker woken, then the JavaScript thread woken) cost 0.5-1 ms per token on
-   * 2 cores: 6-layer model, one stream, 11.1 against 10.2 ms per token (8 alternating rounds). The
-   * step first lets the event loop run twice, so the previous token's text reaches its socket
-   * (after one turn it was still queued, and each token arrived one decode late) and new requests
-   * and disconnects are seen; then it blocks the loop for the decode. Returns false when the decode
-   * failed (every sequence in the batch was rejected).
+   * 2 cores: 6-layer model, one stream, 11.1 against 10.2 ms per token (8 alternating rounds). When
+   * the last such turn is streamInterval ms old, or a first or last token is waiting, the step first
+   * lets the event loop run twice, so the text decoded since reaches its socket (after one turn it
+   * was still queued, and it arrived one decode late) and new requests and disconnects are seen;
+   * then it blocks the loop for the decode. Between those turns the sequences' consumers run as
+   * promise callbacks, without the loop. Returns false when the decode failed (every sequence in the
+   * batch was rejected).
    */
   private async syncStep(sync: SyncDecoder, batch: Array<{ e: Entry; n: number; logits: boolean; idx?: number }>): Promise<boolean> {
-    await DEFER();
-    await DEFER();
+    if (this.turnDue || performance.now() - this.lastTurn >= this.streamInterval) {
+      await DEFER();
+      await DEFER();
+      this.lastTurn = performance.now();
+      this.turnDue = false;
+      this.turns++;
+    }
     const { tokens, pos, seq, flags } = this.sd;
     let k = 0;
     for (const b of batch) {
@@ -403,9 +429,10 @@ export function stepperFor(
   syncDecoder?: () => SyncDecoder | undefined,
   syncDecode?: boolean | "auto",
   gatherMs?: number,
+  streamInterval?: number,
 ): Stepper {
   let s = STEPPERS.get(context);
-  if (!s) STEPPERS.set(context, (s = new Stepper(context, beforeStep, busySlots, syncDecoder, syncDecode, gatherMs)));
+  if (!s) STEPPERS.set(context, (s = new Stepper(context, beforeStep, busySlots, syncDecoder, syncDecode, gatherMs, streamInterval)));
   return s;
 }
 

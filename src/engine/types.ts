@@ -210,6 +210,8 @@ export interface BackendOptions {
   syncDecode?: boolean | "auto";
   /** Longest a prompt arriving at an idle model waits for other requests sent with it, ms (default 2; 0: never). See GATHER_SHARE in stepper.ts. */
   gatherMs?: number;
+  /** While sequences generate, the event loop runs (streamed text is written, requests accepted) at most this often, ms; tokens decoded in between go out together (default 30; 0: after every token). See STREAM_INTERVAL_MS in stepper.ts. */
+  streamIntervalMs?: number;
   /** On the CPU backend (Linux), the buffers a model load fills (weights read into memory, KV cache) move onto transparent huge pages (default true). */
   hugepages?: boolean;
   /** Weights read into memory start 32 bytes past a 64-byte boundary (Linux, CPU, where the huge-page wrapper is installed): true, false, or "auto" (the default: on x86-64). See alignWeightsFor in hugepages.ts. */
