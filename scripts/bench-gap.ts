@@ -9,8 +9,9 @@
  * server (SSE read by `curl`, a process of its own, so no client JavaScript runs here) and through the
  * engine alone. It wraps the synchronous decode call (greedy.ts's GreedyContext.decode, the decode
  * loop's path for one-token steps) with a clock and prints, per round and path, the median and 90th
- * percentile of the time from the end of one decode call to the start of the next, and the median
- * decode call.
+ * percentile of the time from the end of one decode call to the start of the next, its mean (the
+ * event loop runs only every SHIMMY_STREAM_INTERVAL_MS, so most gaps are short and some long), and
+ * the median and mean decode call.
  *
  *   bun scripts/bench-gap.ts [--model FILE] [--threads 2] [--tokens 64] [--rounds 4] [--runs 3] [--llama-server PATH]
  *
@@ -119,7 +120,8 @@ const paths: Array<[string, (first: number) => Promise<void>]> = [["server SSE",
 if (llamaServer) paths.push(["llama-server", llamaRound]);
 
 console.log(`model ${path.basename(model)}, threads ${threads}, ${tokens} tokens, ${runs} generations per round`);
-console.log("| round | path | between decodes p50 ms | p90 ms | decode call p50 ms | gaps |\n|---|---|---|---|---|---|");
+console.log("| round | path | between decodes p50 ms | p90 ms | mean ms | decode call p50 ms | mean ms | gaps |\n|---|---|---|---|---|---|---|---|");
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 await viaEngine(0);
 for (let r = 0; r < rounds; r++) {
   for (const [label, round] of paths) {
@@ -128,7 +130,7 @@ for (let r = 0; r < rounds; r++) {
     lastEnd = 0;
     await round(r * runs + 1);
     if (!gaps.length) throw new Error(label === "llama-server" ? "llama-server made no one-token decode calls" : "no synchronous decode calls were seen: is greedy.ts installed (Linux, SHIMMY_SYNC_GREEDY)?");
-    console.log(`| ${r + 1} | ${label} | ${quantile(gaps, 0.5).toFixed(3)} | ${quantile(gaps, 0.9).toFixed(3)} | ${quantile(calls, 0.5).toFixed(2)} | ${gaps.length} |`);
+    console.log(`| ${r + 1} | ${label} | ${quantile(gaps, 0.5).toFixed(3)} | ${quantile(gaps, 0.9).toFixed(3)} | ${mean(gaps).toFixed(3)} | ${quantile(calls, 0.5).toFixed(2)} | ${mean(calls).toFixed(2)} | ${gaps.length} |`);
   }
 }
 await server.stop();
