@@ -13,7 +13,10 @@
  * event loop runs only every SHIMMY_STREAM_INTERVAL_MS, so most gaps are short and some long), and
  * the median and mean decode call.
  *
- *   bun scripts/bench-gap.ts [--model FILE] [--threads 2] [--tokens 64] [--rounds 4] [--runs 3] [--llama-server PATH]
+ *   bun scripts/bench-gap.ts [--model FILE] [--threads 2] [--tokens 64] [--rounds 4] [--runs 3] [--stream-interval MS] [--llama-server PATH]
+ *
+ * --stream-interval sets the engine's SHIMMY_STREAM_INTERVAL_MS (default 30; 0: the event loop runs
+ * before every decode).
  *
  * With --llama-server (the binary `bun run bench:compare` builds), each round also runs that server
  * on the same model and threads, read by the same `curl`, with scripts/decode-gap-shim.c preloaded
@@ -34,7 +37,7 @@ import { createApp } from "../src/server/app.ts";
 import { listen } from "../src/server/listen.ts";
 import { benchPrompt } from "./bench-prompt.ts";
 
-const { values } = parseArgs({ options: { model: { type: "string" }, threads: { type: "string" }, tokens: { type: "string" }, rounds: { type: "string" }, runs: { type: "string" }, "llama-server": { type: "string" } } });
+const { values } = parseArgs({ options: { model: { type: "string" }, threads: { type: "string" }, tokens: { type: "string" }, rounds: { type: "string" }, runs: { type: "string" }, "stream-interval": { type: "string" }, "llama-server": { type: "string" } } });
 const model = values.model ?? path.join(os.tmpdir(), "shimmy-fixtures", "bench-tinyllama-q8.gguf");
 const threads = Number(values.threads ?? 2);
 const tokens = Number(values.tokens ?? 64);
@@ -62,7 +65,7 @@ GreedyContext.prototype.decode = function (this: GreedyContext, ...args: Paramet
 };
 
 const name = path.basename(model, ".gguf").toLowerCase();
-const engine = new Engine(new ModelRegistry({ modelPath: model, modelDirs: [] }), { gpu: "cpu", threads, threadsExplicit: true, ctxSize: 2048, chatTemplate: "auto", parallel: 1, keepAliveMs: -1 });
+const engine = new Engine(new ModelRegistry({ modelPath: model, modelDirs: [] }), { gpu: "cpu", threads, threadsExplicit: true, ctxSize: 2048, chatTemplate: "auto", parallel: 1, keepAliveMs: -1, streamIntervalMs: values["stream-interval"] === undefined ? undefined : Number(values["stream-interval"]) });
 const server = listen(createApp({ engine }), "127.0.0.1:0");
 await engine.load(name);
 
@@ -119,7 +122,7 @@ const shimmyRound = (run: (i: number) => Promise<void>) => async (first: number)
 const paths: Array<[string, (first: number) => Promise<void>]> = [["server SSE", shimmyRound(viaServer)], ["engine", shimmyRound(viaEngine)]];
 if (llamaServer) paths.push(["llama-server", llamaRound]);
 
-console.log(`model ${path.basename(model)}, threads ${threads}, ${tokens} tokens, ${runs} generations per round`);
+console.log(`model ${path.basename(model)}, threads ${threads}, ${tokens} tokens, ${runs} generations per round, stream interval ${values["stream-interval"] ?? "default"}`);
 console.log("| round | path | between decodes p50 ms | p90 ms | mean ms | decode call p50 ms | mean ms | gaps |\n|---|---|---|---|---|---|---|---|");
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 await viaEngine(0);
