@@ -303,23 +303,28 @@ test("with streamIntervalMs 0, a step on the JavaScript thread lets the event lo
   }
 });
 
+type Decode = SyncDecoder["decode"];
+/** The engine's loaded stepper with its synchronous decode wrapped by `wrap`; returns it and a function that puts the decode back. */
+async function wrapDecode(e: Engine, wrap: (decode: Decode) => Decode): Promise<{ stepper: SyncView; restore: () => void }> {
+  const stepper = (await stepperOf(e)) ?? (await e.complete("tiny", { prompt: "warm", temperature: 0, maxTokens: 3 }), await stepperOf(e))!;
+  const own = stepper.syncDecoder;
+  stepper.syncDecoder = () => {
+    const d = own();
+    return d && { decode: wrap((...a) => d.decode(...a)) };
+  };
+  return { stepper, restore: () => (stepper.syncDecoder = own) };
+}
+
 test("by default the event loop runs at least every stream interval (30 ms), not every token, and always right after the first token", async () => {
   if (process.platform !== "linux") return;
   const e = make(true, 1, true);
   try {
-    const stepper = (await stepperOf(e)) ?? (await e.complete("tiny", { prompt: "warm", temperature: 0, maxTokens: 3 }), await stepperOf(e))!;
     // Each decode made to take at least 2 ms, so 30 ms hold at least 15 steps.
-    const own = stepper.syncDecoder;
-    stepper.syncDecoder = () => {
-      const d = own();
-      return d && {
-        decode: (...a: Parameters<SyncDecoder["decode"]>) => {
-          const until = performance.now() + 2;
-          while (performance.now() < until);
-          return d.decode(...a);
-        },
-      };
-    };
+    const { stepper, restore } = await wrapDecode(e, (decode) => (...a) => {
+      const until = performance.now() + 2;
+      while (performance.now() < until);
+      return decode(...a);
+    });
     const turnsBefore = stepper.turns;
     const delays: number[] = [];
     let tokens = 0;
@@ -338,7 +343,7 @@ test("by default the event loop runs at least every stream interval (30 ms), not
         });
       }
     } finally {
-      stepper.syncDecoder = own;
+      restore();
     }
     const elapsed = performance.now() - t0;
     const turns = stepper.turns - turnsBefore;
@@ -360,19 +365,14 @@ test("a failing decode on the JavaScript thread fails the request with node-llam
   if (process.platform !== "linux") return;
   const e = make(true, 1, true);
   try {
-    const stepper = (await stepperOf(e)) ?? (await e.complete("tiny", { prompt: "warm", temperature: 0, maxTokens: 3 }), await stepperOf(e))!;
-    const own = stepper.syncDecoder;
     let calls = 0;
-    stepper.syncDecoder = () => {
-      const d = own();
-      return d && { decode: (...a: Parameters<SyncDecoder["decode"]>) => (++calls === 3 ? 1 : d.decode(...a)) };
-    };
+    const { restore } = await wrapDecode(e, (decode) => (...a) => (++calls === 3 ? 1 : decode(...a)));
     try {
       const err = await e.complete("tiny", { prompt: "boom", temperature: 0, maxTokens: 8 }).catch((x) => x);
       expect(err).toBeInstanceOf(Error);
       expect(err.message).toMatch(/generation failed: could not find a KV slot for the batch/);
     } finally {
-      stepper.syncDecoder = own;
+      restore();
     }
     const ok = await e.complete("tiny", { prompt: "fine again", temperature: 0, maxTokens: 8 });
     expect(ok.timings.generatedTokens).toBe(8);
