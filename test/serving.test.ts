@@ -50,7 +50,9 @@ describe("parallel slots and the queue", () => {
     const s = serverWith({ parallel: 1, maxQueue: 2 });
     try {
       await s.engine.load("tiny");
-      const accepted = [0, 1, 2].map((i) => post(`${s.url}/api/generate`, { model: "tiny", prompt: `a${i}`, max_tokens: 300, stream: false }));
+      // Long enough that the queue stays full while the two refused requests are read: a running
+      // generation lets the event loop accept requests only every 30 ms (SHIMMY_STREAM_INTERVAL_MS).
+      const accepted = [0, 1, 2].map((i) => post(`${s.url}/api/generate`, { model: "tiny", prompt: `a${i}`, max_tokens: 800, stream: false }));
       // One runs, two wait: the queue is full.
       while ((await s.engine.status("tiny")).queued < 2) await Bun.sleep(2);
       const native = await post(`${s.url}/api/generate`, { model: "tiny", prompt: "over", max_tokens: 2, stream: false });
@@ -63,7 +65,7 @@ describe("parallel slots and the queue", () => {
       expect((await oa.json() as any).error).toMatchObject({ type: "server_error", code: "overloaded" });
       for (const r of await Promise.all(accepted)) {
         expect(r.status).toBe(200);
-        expect((await r.json() as any).timings.predicted_n).toBe(300);
+        expect((await r.json() as any).timings.predicted_n).toBe(800);
       }
     } finally {
       await s.close();
