@@ -68,6 +68,7 @@ describe("config", () => {
     expect(loadConfig({}, { SHIMMY_STREAM_INTERVAL_MS: "100" })).toMatchObject({ streamIntervalMs: 100 });
     expect(() => loadConfig({}, { SHIMMY_STREAM_INTERVAL_MS: "-1" })).toThrow(/SHIMMY_STREAM_INTERVAL_MS/);
     expect(() => loadConfig({}, { SHIMMY_STREAM_INTERVAL_MS: "5000" })).toThrow(/SHIMMY_STREAM_INTERVAL_MS/);
+    expect(() => loadConfig({}, { SHIMMY_STREAM_INTERVAL_MS: "soon" })).toThrow(/SHIMMY_STREAM_INTERVAL_MS/);
   });
 
   test("chat templates: a default and per-model items; built-in names or Jinja files", () => {

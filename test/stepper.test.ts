@@ -337,9 +337,10 @@ test("by default the event loop runs at least every stream interval (30 ms), not
         // The first token's text goes out before the next decode: its macrotask runs before token 2.
         if (tokens === 2) expect(firstRan).toBe(true);
         const at = performance.now();
+        const n = tokens;
         setImmediate(() => {
           delays.push(performance.now() - at);
-          if (tokens === 1) firstRan = true;
+          if (n === 1) firstRan = true;
         });
       }
     } finally {
@@ -356,6 +357,58 @@ test("by default the event loop runs at least every stream interval (30 ms), not
     expect(turns).toBeLessThanOrEqual(Math.floor(elapsed / 30) + 2);
     expect(turns).toBeLessThan(tokens / 3);
     expect(turns).toBeGreaterThanOrEqual(Math.floor(elapsed / 130));
+  } finally {
+    await e.close();
+  }
+});
+
+test("a first token and a finished sequence's last events get the event loop at the next step, however long the interval", async () => {
+  if (process.platform !== "linux") return;
+  // With 1 s, the interval alone would give no turn during these generations (under 300 ms).
+  const e = make(true, 2, true, undefined, 1000);
+  try {
+    const { stepper, restore } = await wrapDecode(e, (decode) => (...a) => {
+      const until = performance.now() + 2;
+      while (performance.now() < until);
+      return decode(...a);
+    });
+    const ran = new Set<string>();
+    const mark = (label: string) => setImmediate(() => ran.add(label));
+    let a = 0;
+    let bEndedAt: number | undefined;
+    // B starts while A generates: its prompt joins A's steps, then B ends long before A.
+    const runB = async () => {
+      let b = 0;
+      for await (const ev of e.generate("tiny", { prompt: "a second request", temperature: 0, maxTokens: 6 })) {
+        if (ev.type === "token") {
+          b++;
+          if (b === 1) mark("b first");
+          if (b === 2) expect(ran.has("b first")).toBe(true);
+        } else {
+          mark("b done");
+          bEndedAt = a;
+        }
+      }
+    };
+    let b: Promise<void> | undefined;
+    const turnsBefore = stepper.turns;
+    try {
+      for await (const ev of e.generate("tiny", { prompt: "count with me", temperature: 0, maxTokens: 60 })) {
+        if (ev.type !== "token") continue;
+        a++;
+        if (a === 5) b = runB();
+        if (bEndedAt !== undefined && a === bEndedAt + 2) expect(ran.has("b done")).toBe(true);
+      }
+      await b;
+    } finally {
+      restore();
+    }
+    expect(a).toBe(60);
+    expect(bEndedAt).toBeLessThan(58);
+    // A's first token, B's first token, B's end (and perhaps one from the engine's start), not one per step.
+    const turns = stepper.turns - turnsBefore;
+    expect(turns).toBeGreaterThanOrEqual(3);
+    expect(turns).toBeLessThanOrEqual(5);
   } finally {
     await e.close();
   }
