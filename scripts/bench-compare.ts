@@ -4,7 +4,8 @@
  * llama.cpp's own llama-server, on the same model, threads, prompt and greedy sampling. The
  * in-process floors run in processes of their own (scripts/bench-inprocess.ts). Runs are
  * interleaved (every round visits every mode, in rotating order) so machine drift hits all modes alike,
- * with a short untimed request whenever the process changes; figures are medians, targets paired ratios. Writes docs/BENCHMARKS.md and docs/benchmarks.json.
+ * with a short untimed request whenever the process changes, and every round starts its processes
+ * afresh; figures are medians, targets paired ratios. Writes docs/BENCHMARKS.md and docs/benchmarks.json.
  *
  *   bun scripts/bench-compare.ts [--threads N] [--runs 5] [--tokens 32] [--model FILE] [--llama-server PATH] [--streams 1,2,4,8|none] [--quick] [--out DIR]
  *
@@ -119,6 +120,9 @@ async function waitFor(url: string, ms = 120_000) {
   throw new Error(`${url} did not answer in ${ms / 1000} s`);
 }
 
+/** Every process the harness starts, killed when it ends however it ends. */
+const spawned: Array<{ kill(signal?: number | NodeJS.Signals): void }> = [];
+
 function startShimmy(parallel: number, file: string, extraEnv: Record<string, string> = {}) {
   const port = 20000 + Math.floor(Math.random() * 20000);
   const proc = Bun.spawn(["bun", path.join(ROOT, "src/main.ts"), "serve", "--bind", `127.0.0.1:${port}`, "--model-path", file, "--threads", String(threads), "--ctx-size", String(CTX), "--parallel", String(parallel), "--keep-alive", "-1", "--gpu", "cpu"], {
@@ -126,6 +130,7 @@ function startShimmy(parallel: number, file: string, extraEnv: Record<string, st
     stdout: "ignore",
     stderr: "inherit",
   });
+  spawned.push(proc);
   return { proc, url: `http://127.0.0.1:${port}`, name: path.basename(file, ".gguf").toLowerCase().replace(/[_\s]+/g, "-") };
 }
 
@@ -136,6 +141,7 @@ function startLlamaServer(bin: string, parallel: number, extra: string[] = []) {
     stdout: Bun.file(log),
     stderr: Bun.file(log),
   });
+  spawned.push(proc);
   console.error(`llama-server (parallel ${parallel}${extra.length ? ` ${extra.join(" ")}` : ""}) logs to ${log}`);
   return { proc, url: `http://127.0.0.1:${port}` };
 }
@@ -267,6 +273,7 @@ async function main() {
   // without HTTP (threadpools + shimmy's decode loop: the floor for shimmy's HTTP overhead).
   const startFloor = async (kind: "" | "pools" | "engine") => {
     const proc = Bun.spawn(["bun", path.join(ROOT, "scripts/bench-inprocess.ts"), model, String(threads), String(CTX), String(tokens), ...(kind ? [kind] : [])], { stdin: "pipe", stdout: "pipe", stderr: "inherit" });
+    spawned.push(proc);
     const out = lines(proc.stdout as ReadableStream<Uint8Array>);
     if ((await out.next()).value !== "ready") throw new Error("bench-inprocess.ts did not start");
     const run = async (i: number): Promise<Sample> => {
@@ -283,15 +290,16 @@ async function main() {
     };
     return { proc, run, warm };
   };
-  const stock = await startFloor("");
-  const pooled = await startFloor("pools");
-  const engineFloor = await startFloor("engine");
-  const floors = [stock.proc, pooled.proc, engineFloor.proc];
-
-  const shimmy = startShimmy(1, model);
-  const server = startLlamaServer(bin, 1);
-  const serverRead = startLlamaServer(bin, 1, ["--no-mmap"]);
-  try {
+  // Every round starts a fresh set of processes (the three floors, shimmy, llama-server mapped and
+  // reading the file) and stops them at its end. On this VM a process keeps the speed it starts with:
+  // separate processes of the same code differed by 5-13% for as long as they lived. With one set for
+  // the whole run, each mode's figure would be a single draw of that; fresh sets put it inside the
+  // rounds' spread, where the paired medians can see it.
+  const startSet = async () => {
+    const shimmy = startShimmy(1, model);
+    const server = startLlamaServer(bin, 1);
+    const serverRead = startLlamaServer(bin, 1, ["--no-mmap"]);
+    const [stock, pooled, engineFloor] = await Promise.all([startFloor(""), startFloor("pools"), startFloor("engine")]);
     await waitFor(`${shimmy.url}/health`);
     await waitFor(`${server.url}/health`);
     await waitFor(`${serverRead.url}/health`);
@@ -299,18 +307,27 @@ async function main() {
     const warmShimmy = () => fetch(`${shimmy.url}/api/generate`, { method: "POST", body: JSON.stringify({ model: shimmy.name, prompt: prompt(0), max_tokens: 4, temperature: 0, stream: false }) }).then((r) => r.text());
     const warmLlama = (url: string) => () => fetch(`${url}/completion`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: prompt(0), n_predict: 4, temperature: 0, cache_prompt: false }) }).then((r) => r.text());
     const warmServer = warmLlama(server.url);
-    const modes: Mode[] = [
-      { name: IN_STOCK, run: stock.run, group: "stock", warm: stock.warm },
-      { name: IN_POOLED, run: pooled.run, group: "pooled", warm: pooled.warm },
-      { name: IN_ENGINE, run: engineFloor.run, group: "engine", warm: engineFloor.warm },
-      { name: SSE, run: (i) => shimmySse(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
-      { name: "shimmy JSON /api/generate", run: (i) => shimmyJson(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
-      { name: "shimmy WebSocket", run: (i) => shimmyWs(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
-      { name: "shimmy OpenAI stream /v1/completions", run: (i) => openaiStream(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
-      { name: LS_COMPLETION, run: (i) => llamaCompletion(server.url, i), group: "llama-server", warm: warmServer },
-      { name: "llama-server /v1/completions stream", run: (i) => openaiStream(server.url, "m", i), group: "llama-server", warm: warmServer },
-      { name: LS_NO_MMAP, run: (i) => llamaCompletion(serverRead.url, i), group: "llama-server-no-mmap", warm: warmLlama(serverRead.url) },
-    ];
+      const modes: Mode[] = [
+        { name: IN_STOCK, run: stock.run, group: "stock", warm: stock.warm },
+        { name: IN_POOLED, run: pooled.run, group: "pooled", warm: pooled.warm },
+        { name: IN_ENGINE, run: engineFloor.run, group: "engine", warm: engineFloor.warm },
+        { name: SSE, run: (i) => shimmySse(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
+        { name: "shimmy JSON /api/generate", run: (i) => shimmyJson(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
+        { name: "shimmy WebSocket", run: (i) => shimmyWs(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
+        { name: "shimmy OpenAI stream /v1/completions", run: (i) => openaiStream(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
+        { name: LS_COMPLETION, run: (i) => llamaCompletion(server.url, i), group: "llama-server", warm: warmServer },
+        { name: "llama-server /v1/completions stream", run: (i) => openaiStream(server.url, "m", i), group: "llama-server", warm: warmServer },
+        { name: LS_NO_MMAP, run: (i) => llamaCompletion(serverRead.url, i), group: "llama-server-no-mmap", warm: warmLlama(serverRead.url) },
+      ];
+    const stop = async () => {
+      for (const p of [shimmy.proc, server.proc, serverRead.proc]) p.kill("SIGTERM");
+      for (const f of [stock, pooled, engineFloor]) f.proc.stdin.end();
+      await Promise.all([shimmy.proc, server.proc, serverRead.proc, stock.proc, pooled.proc, engineFloor.proc].map((p) => p.exited));
+    };
+    return { modes, stop };
+  };
+
+  try {
     // A failed run (a server error, a reset connection) is reported and left out, never silently kept.
     const failures: string[] = [];
     const attempt = async (mode: Mode, i: number): Promise<Sample | undefined> => {
@@ -322,98 +339,100 @@ async function main() {
         return undefined;
       }
     };
-    // Warm-up: one run each.
-    for (const mode of modes) await attempt(mode, 0);
-    const samples = new Map<string, Sample[]>(modes.map((x) => [x.name, []]));
+    const samples = new Map<string, Sample[]>();
+    const names: string[] = [];
     const rounds: Array<Map<string, Sample>> = [];
     let n = 1;
-    let lastGroup = "";
     for (let r = 0; r < runs; r++) {
-      // Rotate the order every round so drift and position effects cancel.
-      const order = [...modes.slice(r % modes.length), ...modes.slice(0, r % modes.length)];
-      const round = new Map<string, Sample>();
-      rounds.push(round);
-      for (const mode of order) {
-        // The first run after another process has computed is slower (a cold start of this process's
-        // threads and caches, ~100 ms of TTFT here). So that no mode pays it for its place in the
-        // rotation, a short untimed request goes first whenever the process changes.
-        if (mode.group !== lastGroup) await mode.warm().catch(() => {});
-        lastGroup = mode.group;
-        const x = await attempt(mode, n++);
-        if (x) {
-          samples.get(mode.name)!.push(x);
-          round.set(mode.name, x);
+      const set = await startSet();
+      try {
+        if (!names.length) for (const mode of set.modes) (names.push(mode.name), samples.set(mode.name, []));
+        // A fresh process's first requests are slower: a short untimed request to each one first.
+        const groups = new Set<string>();
+        for (const mode of set.modes) if (!groups.has(mode.group)) (groups.add(mode.group), await mode.warm().catch(() => {}));
+        // Rotate the order every round so drift and position effects cancel.
+        const order = [...set.modes.slice(r % set.modes.length), ...set.modes.slice(0, r % set.modes.length)];
+        const round = new Map<string, Sample>();
+        rounds.push(round);
+        let lastGroup = "";
+        for (const mode of order) {
+          // The first run after another process has computed is slower (a cold start of this process's
+          // threads and caches, ~100 ms of TTFT here). So that no mode pays it for its place in the
+          // rotation, a short untimed request goes first whenever the process changes.
+          if (mode.group !== lastGroup) await mode.warm().catch(() => {});
+          lastGroup = mode.group;
+          const x = await attempt(mode, n++);
+          if (x) {
+            samples.get(mode.name)!.push(x);
+            round.set(mode.name, x);
+          }
         }
+      } finally {
+        await set.stop();
       }
       console.error(`round ${r + 1}/${runs} done`);
     }
     if (failures.length) console.error(`${failures.length} failed runs: ${failures.join("; ")}`);
-    const single = modes.map((mode) => {
-      const s = samples.get(mode.name)!;
-      return { mode: mode.name, ttft_ms: median(s.map((x) => x.ttftMs)), prompt_tps: median(s.map((x) => x.promptTps)), decode_tps: median(s.map((x) => x.decodeTps)), total_ms: median(s.map((x) => x.totalMs)), tokens: median(s.map((x) => x.tokens)) };
+    const single = names.map((name) => {
+      const s = samples.get(name)!;
+      return { mode: name, ttft_ms: median(s.map((x) => x.ttftMs)), prompt_tps: median(s.map((x) => x.promptTps)), decode_tps: median(s.map((x) => x.decodeTps)), total_ms: median(s.map((x) => x.totalMs)), tokens: median(s.map((x) => x.tokens)) };
     });
-    shimmy.proc.kill("SIGTERM");
-    server.proc.kill("SIGTERM");
-    serverRead.proc.kill("SIGTERM");
-    await Promise.all([shimmy.proc.exited, server.proc.exited, serverRead.proc.exited]);
-    for (const f of floors) f.stdin.end();
-    await Promise.all(floors.map((f) => f.exited));
 
     // Concurrency: aggregate decode throughput at N = 1, 2, 4, 8 streams, shimmy with --parallel N
     // against llama-server --parallel N (both started fresh for each N). Each N runs `runs` rounds,
     // alternating which server goes first; figures are medians.
     const conc: Conc[] = [];
     for (const streams of streamCounts) {
-      const sN = startShimmy(streams, model);
-      const lN = startLlamaServer(bin, streams);
-      try {
-        await waitFor(`${sN.url}/health`);
-        await waitFor(`${lN.url}/health`);
-        await fetch(`${sN.url}/api/models/${sN.name}/load`, { method: "POST" });
-        const agg = async (one: (i: number) => Promise<Sample>) => {
-          const t0 = performance.now();
-          // A reset on a reused keep-alive socket (llama-server closes idle ones) is retried once, and said.
-          const retried = (i: number) =>
-            one(i).catch((err: Error) => {
-              console.error(`retrying a stream after: ${err.message}`);
-              return one(i);
-            });
-          const r = await Promise.all(Array.from({ length: streams }, (_, k) => retried(n++ + k * 1000)));
-          return { tps: (r.reduce((a, x) => a + x.tokens, 0) * 1000) / (performance.now() - t0), ttft: median(r.map((x) => x.ttftMs)), decode: median(r.map((x) => x.decodeTps)) };
-        };
-        const sides = { shimmy: (i: number) => shimmySse(sN.url, sN.name, i), server: (i: number) => llamaCompletion(lN.url, i) };
-        // A short untimed request before each side's round (see the single-stream loop: the first run after
-        // the other server computed is slower).
-        const warm = {
-          shimmy: () => fetch(`${sN.url}/api/generate`, { method: "POST", body: JSON.stringify({ model: sN.name, prompt: prompt(0), max_tokens: 4, temperature: 0, stream: false }) }).then((r) => r.text()).catch(() => ""),
-          server: () => fetch(`${lN.url}/completion`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: prompt(0), n_predict: 4, temperature: 0, cache_prompt: false }) }).then((r) => r.text()).catch(() => ""),
-        };
-        // Warm-up at this batch shape, both sides.
-        await agg(sides.shimmy);
-        await agg(sides.server);
-        const a: Array<Awaited<ReturnType<typeof agg>>> = [];
-        const b: Array<Awaited<ReturnType<typeof agg>>> = [];
-        for (let r = 0; r < runs; r++) {
-          const shimmyRound = async () => (await warm.shimmy(), a.push(await agg(sides.shimmy)));
-          const serverRound = async () => (await warm.server(), b.push(await agg(sides.server)));
+      const a: Array<{ tps: number; ttft: number; decode: number }> = [];
+      const b: typeof a = [];
+      // As in the single-stream rounds, every round starts both servers fresh and stops them after.
+      for (let r = 0; r < runs; r++) {
+        const sN = startShimmy(streams, model);
+        const lN = startLlamaServer(bin, streams);
+        try {
+          await waitFor(`${sN.url}/health`);
+          await waitFor(`${lN.url}/health`);
+          await fetch(`${sN.url}/api/models/${sN.name}/load`, { method: "POST" });
+          const agg = async (one: (i: number) => Promise<Sample>) => {
+            const t0 = performance.now();
+            // A reset on a reused keep-alive socket (llama-server closes idle ones) is retried once, and said.
+            const retried = (i: number) =>
+              one(i).catch((err: Error) => {
+                console.error(`retrying a stream after: ${err.message}`);
+                return one(i);
+              });
+            const res = await Promise.all(Array.from({ length: streams }, (_, k) => retried(n++ + k * 1000)));
+            return { tps: (res.reduce((acc, x) => acc + x.tokens, 0) * 1000) / (performance.now() - t0), ttft: median(res.map((x) => x.ttftMs)), decode: median(res.map((x) => x.decodeTps)) };
+          };
+          const sides = { shimmy: (i: number) => shimmySse(sN.url, sN.name, i), server: (i: number) => llamaCompletion(lN.url, i) };
+          // A short untimed request before each side's turn: the first requests of a fresh process, and
+          // the first run after the other server computed, are slower (see the single-stream loop).
+          const warm = {
+            shimmy: () => fetch(`${sN.url}/api/generate`, { method: "POST", body: JSON.stringify({ model: sN.name, prompt: prompt(0), max_tokens: 4, temperature: 0, stream: false }) }).then((x) => x.text()).catch(() => ""),
+            server: () => fetch(`${lN.url}/completion`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: prompt(0), n_predict: 4, temperature: 0, cache_prompt: false }) }).then((x) => x.text()).catch(() => ""),
+          };
+          await warm.shimmy();
+          await warm.server();
+          const shimmyTurn = async () => (await warm.shimmy(), a.push(await agg(sides.shimmy)));
+          const serverTurn = async () => (await warm.server(), b.push(await agg(sides.server)));
           if (r % 2 === 0) {
-            await shimmyRound();
-            await serverRound();
+            await shimmyTurn();
+            await serverTurn();
           } else {
-            await serverRound();
-            await shimmyRound();
+            await serverTurn();
+            await shimmyTurn();
           }
           console.error(`  ${streams} streams, round ${r + 1}: shimmy ${a.at(-1)!.tps.toFixed(1)} tok/s, llama-server ${b.at(-1)!.tps.toFixed(1)} tok/s`);
+        } finally {
+          sN.proc.kill("SIGTERM");
+          lN.proc.kill("SIGTERM");
+          await Promise.all([sN.proc.exited, lN.proc.exited]);
         }
-        const m = (xs: typeof a, k: "tps" | "ttft" | "decode") => median(xs.map((x) => x[k]));
-        conc.push({ streams, shimmy_tps: m(a, "tps"), llama_server_tps: m(b, "tps"), shimmy_ttft_ms: m(a, "ttft"), llama_server_ttft_ms: m(b, "ttft"), shimmy_stream_decode_tps: m(a, "decode"), llama_server_stream_decode_tps: m(b, "decode"), ratio: paired(a.map((x, i) => [x, b[i]]), (x, y) => x.tps / y.tps) });
-        const c = conc.at(-1)!;
-        console.error(`concurrency ${streams}: shimmy ${c.shimmy_tps.toFixed(1)} tok/s (TTFT ${c.shimmy_ttft_ms.toFixed(0)} ms, ${c.shimmy_stream_decode_tps.toFixed(1)} tok/s per stream), llama-server ${c.llama_server_tps.toFixed(1)} tok/s (TTFT ${c.llama_server_ttft_ms.toFixed(0)} ms, ${c.llama_server_stream_decode_tps.toFixed(1)} per stream)`);
-      } finally {
-        sN.proc.kill("SIGTERM");
-        lN.proc.kill("SIGTERM");
-        await Promise.all([sN.proc.exited, lN.proc.exited]);
       }
+      const m = (xs: typeof a, k: "tps" | "ttft" | "decode") => median(xs.map((x) => x[k]));
+      conc.push({ streams, shimmy_tps: m(a, "tps"), llama_server_tps: m(b, "tps"), shimmy_ttft_ms: m(a, "ttft"), llama_server_ttft_ms: m(b, "ttft"), shimmy_stream_decode_tps: m(a, "decode"), llama_server_stream_decode_tps: m(b, "decode"), ratio: paired(a.map((x, i) => [x, b[i]]), (x, y) => x.tps / y.tps) });
+      const c = conc.at(-1)!;
+      console.error(`concurrency ${streams}: shimmy ${c.shimmy_tps.toFixed(1)} tok/s (TTFT ${c.shimmy_ttft_ms.toFixed(0)} ms, ${c.shimmy_stream_decode_tps.toFixed(1)} tok/s per stream), llama-server ${c.llama_server_tps.toFixed(1)} tok/s (TTFT ${c.llama_server_ttft_ms.toFixed(0)} ms, ${c.llama_server_stream_decode_tps.toFixed(1)} per stream)`);
     }
 
     // Idle memory of `serve` with the tiny model loaded.
@@ -444,10 +463,7 @@ async function main() {
     };
     report(single, conc, idleRss, ratios);
   } finally {
-    shimmy.proc.kill("SIGKILL");
-    server.proc.kill("SIGKILL");
-    serverRead.proc.kill("SIGKILL");
-    for (const f of floors) f.kill("SIGKILL");
+    for (const p of spawned) p.kill("SIGKILL");
   }
 }
 
@@ -475,13 +491,15 @@ function report(single: Array<Record<string, number | string>>, conc: Conc[], id
     "# Benchmarks",
     "",
     `Measured ${new Date().toISOString().slice(0, 10)} on ${machine}.`,
-    `Model: ${path.basename(model)} (${values.model ? "given with --model" : "TinyLlama-1.1B shape, Q8_0, random weights: same compute as a trained model"}). Threads ${threads}, context ${CTX}, greedy, ${tokens} tokens per run, medians of ${runs} interleaved runs (prompt re-evaluated every run).`,
+    `Model: ${path.basename(model)} (${values.model ? "given with --model" : "TinyLlama-1.1B shape, Q8_0, random weights: same compute as a trained model"}). Threads ${threads}, context ${CTX}, greedy, ${tokens} tokens per run, medians of ${runs} interleaved runs (prompt re-evaluated every run), each round in freshly started processes.`,
     "",
     `Command: \`${command}\``,
     "",
     `Model file: ${pageCache}. On this VM a memory-mapped model (llama-server, node-llama-cpp's floors) decodes slower from cached pages that a process wrote (a freshly generated model) than from pages read from disk; this gives the mapped modes their faster case (README, Performance).`,
     "",
     "Whenever the next run is in another process than the last one, a short untimed request (4 tokens) goes to it first: the first run after another process has computed is slower (about 100 ms more time to first token on this VM), and without this each mode paid it or not by its place in the rotation.",
+    "",
+    "Every round starts every process afresh (the in-process floors, shimmy, both llama-servers; in the concurrency table, both servers) and stops them at its end: on this VM separate processes of the same code can differ by 5-13% in decode speed for as long as they live, so with one process per mode for the whole run each mode's figure would be a single draw of that. Fresh processes put it inside the rounds' spread. Each fresh process gets a short untimed request before its first timed run.",
     "",
     "## One stream",
     "",
@@ -493,7 +511,7 @@ function report(single: Array<Record<string, number | string>>, conc: Conc[], id
     "",
     machineNote,
     "",
-    `## Concurrent streams (N streams: shimmy --parallel N against llama-server --parallel N; medians of ${runs} rounds alternating which server goes first)`,
+    `## Concurrent streams (N streams: shimmy --parallel N against llama-server --parallel N; medians of ${runs} rounds alternating which server goes first, both started fresh every round)`,
     "",
     "Aggregate tok/s = all streams' tokens / wall time from sending the requests to the last token (prompt evaluation included). TTFT and decode are per stream.",
     "",
