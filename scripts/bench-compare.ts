@@ -347,9 +347,10 @@ async function main() {
       const set = await startSet();
       try {
         if (!names.length) for (const mode of set.modes) (names.push(mode.name), samples.set(mode.name, []));
-        // A fresh process's first requests are slower: a short untimed request to each one first.
-        const groups = new Set<string>();
-        for (const mode of set.modes) if (!groups.has(mode.group)) (groups.add(mode.group), await mode.warm().catch(() => {}));
+        // Warm-up: one untimed run of every mode in the fresh processes. Their first requests are slower,
+        // and the start of a round is busy (six processes loading the model, the last round's memory being
+        // freed); without this the modes early in the rotation ran slower than the ones late in it.
+        for (const mode of set.modes) await mode.run(0).catch(() => {});
         // Rotate the order every round so drift and position effects cancel.
         const order = [...set.modes.slice(r % set.modes.length), ...set.modes.slice(0, r % set.modes.length)];
         const round = new Map<string, Sample>();
@@ -499,7 +500,7 @@ function report(single: Array<Record<string, number | string>>, conc: Conc[], id
     "",
     "Whenever the next run is in another process than the last one, a short untimed request (4 tokens) goes to it first: the first run after another process has computed is slower (about 100 ms more time to first token on this VM), and without this each mode paid it or not by its place in the rotation.",
     "",
-    "Every round starts every process afresh (the in-process floors, shimmy, both llama-servers; in the concurrency table, both servers) and stops them at its end: on this VM separate processes of the same code can differ by 5-13% in decode speed for as long as they live, so with one process per mode for the whole run each mode's figure would be a single draw of that. Fresh processes put it inside the rounds' spread. Each fresh process gets a short untimed request before its first timed run.",
+    "Every round starts every process afresh (the in-process floors, shimmy, both llama-servers; in the concurrency table, both servers) and stops them at its end: on this VM separate processes of the same code can differ by 5-13% in decode speed for as long as they live, so with one process per mode for the whole run each mode's figure would be a single draw of that. Fresh processes put it inside the rounds' spread. Each round first makes one untimed run of every mode in its fresh processes.",
     "",
     "## One stream",
     "",
