@@ -346,7 +346,12 @@ async function main() {
     for (let r = 0; r < runs; r++) {
       const set = await startSet();
       try {
-        if (!names.length) for (const mode of set.modes) (names.push(mode.name), samples.set(mode.name, []));
+        if (!names.length) {
+          for (const mode of set.modes) {
+            names.push(mode.name);
+            samples.set(mode.name, []);
+          }
+        }
         // Warm-up: one untimed run of every mode in the fresh processes. Their first requests are slower,
         // and the start of a round is busy (six processes loading the model, the last round's memory being
         // freed); without this the modes early in the rotation ran slower than the ones late in it.
