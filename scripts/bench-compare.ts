@@ -501,7 +501,7 @@ function report(single: Array<Record<string, number | string>>, conc: Conc[], id
     "",
     `Command: \`${command}\``,
     "",
-    `Model file: ${pageCache}. On this VM a memory-mapped model (llama-server, node-llama-cpp's floors) decodes slower from cached pages that a process wrote (a freshly generated model) than from pages read from disk; this gives the mapped modes their faster case (README, Performance).`,
+    `Model file: ${pageCache}. On this VM a memory-mapped model (llama-server, node-llama-cpp's floors) decodes slower from cached pages that a process wrote (a freshly generated model) than from pages read from disk; this gives the mapped modes their faster case (docs/PERFORMANCE.md).`,
     "",
     "Whenever the next run is in another process than the last one, a short untimed request (4 tokens) goes to it first: the first run after another process has computed is slower (about 100 ms more time to first token on this VM), and without this each mode paid it or not by its place in the rotation.",
     "",

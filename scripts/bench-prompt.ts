@@ -33,8 +33,8 @@ export async function readSse(res: Response, onData: (data: string, event: strin
  * Puts the model file's cached pages in one known state before a run: written back, dropped, then read
  * back from disk. On this project's VM a memory-mapped model decodes at a speed that depends on how
  * its cached pages got there: 4 streams on the bench model took 139 ms per step from the pages a
- * process had just written, and 91 ms from the same file dropped and read back from disk (README,
- * Performance). llama-server maps the file, so without this its figures would depend on whether the
+ * process had just written, and 91 ms from the same file dropped and read back from disk
+ * (docs/PERFORMANCE.md). llama-server maps the file, so without this its figures would depend on whether the
  * file was written since the machine started. Reading back gives it its faster case. Returns what was
  * done, for the report. Linux only (it needs coreutils' `sync FILE` and `dd iflag=nocache`).
  */

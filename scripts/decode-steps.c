@@ -1,7 +1,7 @@
 /*
  * llama.cpp alone, no JavaScript: times every decode call of greedy generations, with the model file
  * memory-mapped or read into memory. Used to measure what the load mode is worth on a machine
- * (README, Performance: "Model files read into memory").
+ * (docs/PERFORMANCE.md: "Model files read into memory").
  *
  * Build it against the llama.cpp that `bun run bench:compare` builds (~/.cache/shimmy-bench/llama.cpp):
  *   L=~/.cache/shimmy-bench/llama.cpp

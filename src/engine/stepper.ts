@@ -91,7 +91,7 @@ export const SYNC_AUTO_MS = 50;
  * the text decoded so far, accept requests, see disconnects) at most this often, in ms
  * (SHIMMY_STREAM_INTERVAL_MS). Tokens decoded in between reach their sockets together, one write per
  * connection instead of one per token. A step right after a prompt step, and after a sequence ends,
- * always lets it run: first tokens and last ones go out at once. See the README's Performance.
+ * always lets it run: first tokens and last ones go out at once. See docs/PERFORMANCE.md.
  */
 export const STREAM_INTERVAL_MS = 30;
 /** Sequences submitting after a step get until the next event-loop turn to join the next batch. */

@@ -5,7 +5,7 @@
  * ggml start and join fresh worker threads. llama.cpp's own tools attach one persistent pool per
  * context, whose workers poll for the next graph. On this project's 2-core machine that difference was
  * most of the gap to llama-server: node-llama-cpp decoded the 6-layer bench model at 36-64 tok/s on
- * 2 threads, and 66-84 with persistent pools (llama-bench: 91); see the README's Performance section.
+ * 2 threads, and 66-84 with persistent pools (llama-bench: 91); see docs/PERFORMANCE.md.
  *
  * threadpool.c does what llama.cpp's tools do, from outside: it wraps the CPU backend registry's
  * get_proc_address so each context's CPU backend gets its own persistent pool (freed with the backend).
@@ -19,7 +19,7 @@
  * The addon's two worker threads take turns calling llama_decode; unpinned, the one that wakes can land
  * on the CPU where ggml's worker runs, and that decode stalls until the scheduler separates them. On
  * 2 cores (6-layer model, one stream) pinning cut the time lost to decodes over 1.3x the median from
- * 67 to 39 ms per 64 tokens (medians of 16 alternating rounds). `SHIMMY_PIN_THREADS` sets it (README, Performance).
+ * 67 to 39 ms per 64 tokens (medians of 16 alternating rounds). `SHIMMY_PIN_THREADS` sets it (docs/PERFORMANCE.md).
  */
 import { readFileSync } from "node:fs";
 import path from "node:path";
