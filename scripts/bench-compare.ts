@@ -19,7 +19,7 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import { physicalCores } from "../src/config.ts";
 import { writeBenchModel, writeTinyModel } from "../src/gguf/presets.ts";
-import { benchPrompt, readSse, settlePageCache } from "./bench-prompt.ts";
+import { benchPrompt, freePort, readSse, settlePageCache, waitForServer } from "./bench-prompt.ts";
 
 const ROOT = path.resolve(import.meta.dir, "..");
 const { values } = parseArgs({
@@ -111,20 +111,12 @@ function llamaServerPath(): string {
   return bin;
 }
 
-async function waitFor(url: string, ms = 120_000) {
-  const t0 = Date.now();
-  while (Date.now() - t0 < ms) {
-    if (await fetch(url).then((r) => r.ok, () => false)) return;
-    await Bun.sleep(100);
-  }
-  throw new Error(`${url} did not answer in ${ms / 1000} s`);
-}
 
 /** Every process the harness starts, killed when it ends however it ends. */
 const spawned: Array<{ kill(signal?: number | NodeJS.Signals): void }> = [];
 
 function startShimmy(parallel: number, file: string, extraEnv: Record<string, string> = {}) {
-  const port = 20000 + Math.floor(Math.random() * 20000);
+  const port = freePort();
   const proc = Bun.spawn(["bun", path.join(ROOT, "src/main.ts"), "serve", "--bind", `127.0.0.1:${port}`, "--model-path", file, "--threads", String(threads), "--ctx-size", String(CTX), "--parallel", String(parallel), "--keep-alive", "-1", "--gpu", "cpu"], {
     env: { ...process.env, SHIMMY_DEMO_MODEL: "0", SHIMMY_LOG: "warn", ...extraEnv },
     stdout: "ignore",
@@ -135,7 +127,7 @@ function startShimmy(parallel: number, file: string, extraEnv: Record<string, st
 }
 
 function startLlamaServer(bin: string, parallel: number, extra: string[] = []) {
-  const port = 20000 + Math.floor(Math.random() * 20000);
+  const port = freePort();
   const log = path.join(os.tmpdir(), `llama-server-${port}.log`);
   const proc = Bun.spawn([bin, "-m", model, "-t", String(threads), "-tb", String(threads), "-c", String(CTX * parallel), "-np", String(parallel), "--port", String(port), "--host", "127.0.0.1", "-ngl", "0", "--no-warmup", ...extra], {
     stdout: Bun.file(log),
@@ -216,17 +208,21 @@ async function shimmyWs(url: string, name: string, i: number): Promise<Sample> {
   return sample(t0, stamps, promptTokens);
 }
 
-/** OpenAI-style streaming chat (shimmy's /v1 or llama-server's /v1). */
+/**
+ * OpenAI streaming chat (shimmy's /v1/chat/completions or llama-server's): the prompt as one user
+ * message, through the model's chat template (both servers make the same 44 prompt tokens of it on
+ * the bench model).
+ */
 async function openaiStream(url: string, name: string, i: number): Promise<Sample> {
   const t0 = performance.now();
   const stamps: number[] = [];
   let promptTokens = 0;
-  const res = await fetch(`${url}/v1/completions`, { method: "POST", keepalive: false, headers: { "content-type": "application/json" }, body: JSON.stringify({ model: name, prompt: prompt(i), max_tokens: tokens, temperature: 0, stream: true, stream_options: { include_usage: true } }) });
+  const res = await fetch(`${url}/v1/chat/completions`, { method: "POST", keepalive: false, headers: { "content-type": "application/json" }, body: JSON.stringify({ model: name, messages: [{ role: "user", content: prompt(i) }], max_tokens: tokens, temperature: 0, stream: true, stream_options: { include_usage: true } }) });
   await readSse(res, (data) => {
     if (data === "[DONE]") return;
     const j = JSON.parse(data);
     if (j.usage) promptTokens = j.usage.prompt_tokens;
-    if (j.choices?.[0]?.text) stamps.push(performance.now());
+    if (j.choices?.[0]?.delta?.content) stamps.push(performance.now());
   });
   return sample(t0, stamps, promptTokens);
 }
@@ -300,9 +296,9 @@ async function main() {
     const server = startLlamaServer(bin, 1);
     const serverRead = startLlamaServer(bin, 1, ["--no-mmap"]);
     const [stock, pooled, engineFloor] = await Promise.all([startFloor(""), startFloor("pools"), startFloor("engine")]);
-    await waitFor(`${shimmy.url}/health`);
-    await waitFor(`${server.url}/health`);
-    await waitFor(`${serverRead.url}/health`);
+    await waitForServer(`${shimmy.url}/health`, shimmy.proc);
+    await waitForServer(`${server.url}/health`, server.proc);
+    await waitForServer(`${serverRead.url}/health`, serverRead.proc);
     await fetch(`${shimmy.url}/api/models/${shimmy.name}/load`, { method: "POST" });
     const warmShimmy = () => fetch(`${shimmy.url}/api/generate`, { method: "POST", body: JSON.stringify({ model: shimmy.name, prompt: prompt(0), max_tokens: 4, temperature: 0, stream: false }) }).then((r) => r.text());
     const warmLlama = (url: string) => () => fetch(`${url}/completion`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: prompt(0), n_predict: 4, temperature: 0, cache_prompt: false }) }).then((r) => r.text());
@@ -314,9 +310,9 @@ async function main() {
         { name: SSE, run: (i) => shimmySse(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
         { name: "shimmy JSON /api/generate", run: (i) => shimmyJson(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
         { name: "shimmy WebSocket", run: (i) => shimmyWs(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
-        { name: "shimmy OpenAI stream /v1/completions", run: (i) => openaiStream(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
+        { name: "shimmy OpenAI stream /v1/chat/completions", run: (i) => openaiStream(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
         { name: LS_COMPLETION, run: (i) => llamaCompletion(server.url, i), group: "llama-server", warm: warmServer },
-        { name: "llama-server /v1/completions stream", run: (i) => openaiStream(server.url, "m", i), group: "llama-server", warm: warmServer },
+        { name: "llama-server /v1/chat/completions stream", run: (i) => openaiStream(server.url, "m", i), group: "llama-server", warm: warmServer },
         { name: LS_NO_MMAP, run: (i) => llamaCompletion(serverRead.url, i), group: "llama-server-no-mmap", warm: warmLlama(serverRead.url) },
       ];
     const stop = async () => {
@@ -396,8 +392,8 @@ async function main() {
         const sN = startShimmy(streams, model);
         const lN = startLlamaServer(bin, streams);
         try {
-          await waitFor(`${sN.url}/health`);
-          await waitFor(`${lN.url}/health`);
+          await waitForServer(`${sN.url}/health`, sN.proc);
+          await waitForServer(`${lN.url}/health`, lN.proc);
           await fetch(`${sN.url}/api/models/${sN.name}/load`, { method: "POST" });
           const agg = async (one: (i: number) => Promise<Sample>) => {
             const t0 = performance.now();
@@ -448,7 +444,7 @@ async function main() {
     const idle = startShimmy(4, tinyFile);
     let idleRss = NaN;
     try {
-      await waitFor(`${idle.url}/health`);
+      await waitForServer(`${idle.url}/health`, idle.proc);
       await fetch(`${idle.url}/api/models/${idle.name}/load`, { method: "POST" });
       await fetch(`${idle.url}/api/generate`, { method: "POST", body: JSON.stringify({ model: idle.name, prompt: "hi", max_tokens: 4, stream: false }) });
       await Bun.sleep(1000);

@@ -35,7 +35,7 @@ import { ModelRegistry } from "../src/engine/registry.ts";
 import { writeBenchModel } from "../src/gguf/presets.ts";
 import { createApp } from "../src/server/app.ts";
 import { listen } from "../src/server/listen.ts";
-import { benchPrompt } from "./bench-prompt.ts";
+import { benchPrompt, freePort } from "./bench-prompt.ts";
 
 const { values } = parseArgs({ options: { model: { type: "string" }, threads: { type: "string" }, tokens: { type: "string" }, rounds: { type: "string" }, runs: { type: "string" }, "stream-interval": { type: "string" }, "llama-server": { type: "string" } } });
 const model = values.model ?? path.join(os.tmpdir(), "shimmy-fixtures", "bench-tinyllama-q8.gguf");
@@ -92,7 +92,7 @@ if (llamaServer) {
 }
 /** One round of llama-server: a fresh process (the shim writes its times when it exits). */
 const llamaRound = async (first: number) => {
-  const port = 20000 + Math.floor(Math.random() * 20000);
+  const port = freePort();
   const out = path.join(os.tmpdir(), `shimmy-gap-${process.pid}.json`);
   const proc = Bun.spawn([llamaServer!, "-m", model, "-t", String(threads), "-tb", String(threads), "-c", "2048", "-np", "1", "--port", String(port), "--host", "127.0.0.1", "-ngl", "0", "--no-warmup"], { env: { ...process.env, LD_PRELOAD: shim!, GAP_OUT: out }, stdout: "ignore", stderr: "ignore" });
   for (let i = 0; ; i++) {

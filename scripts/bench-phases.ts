@@ -20,7 +20,7 @@
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { benchPrompt, readSse, settlePageCache } from "./bench-prompt.ts";
+import { benchPrompt, freePort, readSse, settlePageCache, waitForServer } from "./bench-prompt.ts";
 
 const ROOT = path.resolve(import.meta.dir, "..");
 const { values, positionals } = parseArgs({
@@ -55,14 +55,6 @@ interface Round {
   stepMs: number;
 }
 
-async function waitFor(url: string) {
-  const t0 = Date.now();
-  while (Date.now() - t0 < 180_000) {
-    if (await fetch(url).then((r) => r.ok, () => false)) return;
-    await Bun.sleep(200);
-  }
-  throw new Error(`${url} did not answer in 180 s`);
-}
 
 function start(spec: string, port: number): Side {
   const url = `http://127.0.0.1:${port}`;
@@ -117,10 +109,10 @@ const median = (xs: number[]) => {
 
 // Before any server maps the file (its cached pages cannot be dropped while mapped).
 const pageCache = settlePageCache(model);
-const sides = positionals.map((spec, i) => start(spec, 30000 + Math.floor(Math.random() * 5000) * 4 + i));
+const sides = positionals.map((spec) => start(spec, freePort()));
 try {
   for (const s of sides) {
-    await waitFor(`${s.url}/health`);
+    await waitForServer(`${s.url}/health`, s.proc, 180_000);
     if (s.kind === "shimmy") s.model = ((await (await fetch(`${s.url}/v1/models`)).json()) as { data: Array<{ id: string }> }).data[0]!.id;
   }
   for (const s of sides) await round(s); // warm-up at this batch shape

@@ -1,5 +1,5 @@
-/** Shared by the benchmark scripts: the prompt, an SSE reader, and the model file's page-cache state. */
-import { openSync, closeSync, readSync } from "node:fs";
+/** Shared by the benchmark scripts: the prompt, an SSE reader, the model file's page-cache state, and the servers' ports. */
+import { openSync, closeSync, readFileSync, readSync } from "node:fs";
 /** The benchmark prompt: a new first word per run, so the prompt is evaluated anew each time (no KV-cache reuse). */
 export function benchPrompt(i: number): string {
   return `Run ${i}. The committee met on Tuesday to discuss the harbour, the roads and the new school, and after a long debate about the budget they agreed to meet again next week to decide the order of the works and the people in charge of each one.`;
@@ -62,4 +62,46 @@ function residentMiB(file: string): number | undefined {
   if (!r.success) return undefined;
   const bytes = Number(r.stdout.toString().trim());
   return Number.isFinite(bytes) ? Math.round(bytes / 2 ** 20) : undefined;
+}
+
+const handedOut = new Set<number>();
+
+/**
+ * A loopback port for a server a benchmark starts. It lies below the kernel's ephemeral range: the
+ * benchmark's own client connections take their local ports there, and a server told to listen on
+ * one of those fails to bind (it cost a 12-minute run once). It was free when checked, and no other
+ * call in this process returns it again.
+ */
+export function freePort(): number {
+  let ephemeral = 32768;
+  try {
+    ephemeral = Number(readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/)[0]) || ephemeral;
+  } catch {
+    // not Linux: the IANA range starts higher still
+  }
+  const low = 10_000;
+  const high = Math.max(low + 1000, Math.min(ephemeral, 32768)) - 1;
+  for (let i = 0; i < 200; i++) {
+    const port = low + Math.floor(Math.random() * (high - low));
+    if (handedOut.has(port)) continue;
+    try {
+      Bun.listen({ hostname: "127.0.0.1", port, socket: { data() {} } }).stop(true);
+    } catch {
+      continue;
+    }
+    handedOut.add(port);
+    return port;
+  }
+  throw new Error("no free loopback port found");
+}
+
+/** Waits until `url` answers 200, failing at once if the server's process has exited. */
+export async function waitForServer(url: string, proc: { exitCode: number | null; signalCode?: unknown }, ms = 120_000): Promise<void> {
+  const t0 = Date.now();
+  while (Date.now() - t0 < ms) {
+    if (await fetch(url).then((r) => r.ok, () => false)) return;
+    if (proc.exitCode !== null || proc.signalCode) throw new Error(`${url}: the server exited (${proc.exitCode ?? proc.signalCode}) before it answered`);
+    await Bun.sleep(100);
+  }
+  throw new Error(`${url} did not answer in ${ms / 1000} s`);
 }

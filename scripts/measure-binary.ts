@@ -9,6 +9,7 @@ import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { writeTinyModel } from "../src/gguf/presets.ts";
+import { freePort } from "./bench-prompt.ts";
 
 const dist = path.resolve(process.argv[2] ?? path.join(import.meta.dir, "..", "dist"));
 const tmp = mkdtempSync(path.join(os.tmpdir(), "shimmy-measure-"));
@@ -28,7 +29,7 @@ function timed(cmd: string[], env: Record<string, string>): number {
 }
 
 async function serveReadyMs(exe: string, home: string): Promise<number> {
-  const port = 20000 + Math.floor(Math.random() * 20000);
+  const port = freePort();
   const t0 = performance.now();
   const p = Bun.spawn([exe, "serve", "--bind", `127.0.0.1:${port}`, "--model-dirs", models], { cwd: tmp, env: { PATH: "/usr/bin:/bin", HOME: home, SHIMMY_THREADS: "1" }, stdout: "ignore", stderr: "ignore" });
   try {
