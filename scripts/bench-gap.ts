@@ -35,7 +35,7 @@ import { ModelRegistry } from "../src/engine/registry.ts";
 import { writeBenchModel } from "../src/gguf/presets.ts";
 import { createApp } from "../src/server/app.ts";
 import { listen } from "../src/server/listen.ts";
-import { benchPrompt, freePort } from "./bench-prompt.ts";
+import { benchPrompt, freePort, waitForServer } from "./bench-prompt.ts";
 
 const { values } = parseArgs({ options: { model: { type: "string" }, threads: { type: "string" }, tokens: { type: "string" }, rounds: { type: "string" }, runs: { type: "string" }, "stream-interval": { type: "string" }, "llama-server": { type: "string" } } });
 const model = values.model ?? path.join(os.tmpdir(), "shimmy-fixtures", "bench-tinyllama-q8.gguf");
@@ -95,12 +95,7 @@ const llamaRound = async (first: number) => {
   const port = freePort();
   const out = path.join(os.tmpdir(), `shimmy-gap-${process.pid}.json`);
   const proc = Bun.spawn([llamaServer!, "-m", model, "-t", String(threads), "-tb", String(threads), "-c", "2048", "-np", "1", "--port", String(port), "--host", "127.0.0.1", "-ngl", "0", "--no-warmup"], { env: { ...process.env, LD_PRELOAD: shim!, GAP_OUT: out }, stdout: "ignore", stderr: "ignore" });
-  for (let i = 0; ; i++) {
-    if (i > 600) throw new Error("llama-server did not start");
-    const ok = await fetch(`http://127.0.0.1:${port}/health`).then((r) => r.ok, () => false);
-    if (ok) break;
-    await Bun.sleep(100);
-  }
+  await waitForServer(`http://127.0.0.1:${port}/health`, proc, 60_000);
   for (let i = 0; i < runs; i++) {
     const body = JSON.stringify({ prompt: benchPrompt(first + i), n_predict: tokens, temperature: 0, stream: true, cache_prompt: false });
     const curl = Bun.spawn(["curl", "-sSN", "-o", "/dev/null", "-d", body, `http://127.0.0.1:${port}/completion`], { stderr: "inherit" });

@@ -69,7 +69,7 @@ const handedOut = new Set<number>();
 /**
  * A loopback port for a server a benchmark starts. It lies below the kernel's ephemeral range: the
  * benchmark's own client connections take their local ports there, and a server told to listen on
- * one of those fails to bind (it cost a 12-minute run once). It was free when checked, and no other
+ * one of those fails to bind (a llama-server did, and ended a bench:compare run partway). It was free when checked, and no other
  * call in this process returns it again.
  */
 export function freePort(): number {
