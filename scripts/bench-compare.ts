@@ -5,9 +5,10 @@
  * in-process floors run in processes of their own (scripts/bench-inprocess.ts). Runs are
  * interleaved (every round visits every mode, in rotating order) so machine drift hits all modes alike,
  * with a short untimed request whenever the process changes, and every round starts its processes
- * afresh; figures are medians, targets paired ratios. Writes docs/BENCHMARKS.md and docs/benchmarks.json.
+ * afresh and then makes --passes passes over the modes (each pass in another order); figures are
+ * medians, targets paired ratios (one per pass). Writes docs/BENCHMARKS.md and docs/benchmarks.json.
  *
- *   bun scripts/bench-compare.ts [--threads N] [--runs 5] [--tokens 32] [--model FILE] [--llama-server PATH] [--streams 1,2,4,8|none] [--quick] [--out DIR]
+ *   bun scripts/bench-compare.ts [--threads N] [--runs 5] [--passes 2] [--tokens 32] [--model FILE] [--llama-server PATH] [--streams 1,2,4,8|none] [--quick] [--out DIR]
  *
  * The bench model (TinyLlama-1.1B shape, Q8_0) is generated on demand into the temp dir. llama-server
  * is built from the llama.cpp source node-llama-cpp ships (llama/gitRelease.bundle) into
@@ -26,6 +27,7 @@ const { values } = parseArgs({
   options: {
     threads: { type: "string" },
     runs: { type: "string" },
+    passes: { type: "string" },
     tokens: { type: "string" },
     model: { type: "string" },
     "llama-server": { type: "string" },
@@ -36,6 +38,14 @@ const { values } = parseArgs({
 });
 const threads = Number(values.threads ?? physicalCores());
 const runs = Number(values.runs ?? (values.quick ? 3 : 5));
+/**
+ * Passes over the modes in each round (each round's fresh processes measured this many times, in a
+ * different order each pass). A round's cost is mostly starting its processes (six of them loading
+ * the model), so a second pass doubles the samples, and the pairs behind each target, for about a
+ * third more time.
+ */
+const passes = Number(values.passes ?? (values.quick ? 1 : 2));
+if (![runs, passes].every((n) => Number.isInteger(n) && n >= 1)) throw new Error("--runs and --passes must be whole numbers of at least 1");
 const tokens = Number(values.tokens ?? 32);
 const model = values.model ?? path.join(os.tmpdir(), "shimmy-fixtures", "bench-tinyllama-q8.gguf");
 /** What was done to the model file's page cache before the run (settlePageCache). */
@@ -352,21 +362,25 @@ async function main() {
         // and the start of a round is busy (six processes loading the model, the last round's memory being
         // freed); without this the modes early in the rotation ran slower than the ones late in it.
         for (const mode of set.modes) await mode.run(0).catch(() => {});
-        // Rotate the order every round so drift and position effects cancel.
-        const order = [...set.modes.slice(r % set.modes.length), ...set.modes.slice(0, r % set.modes.length)];
-        const round = new Map<string, Sample>();
-        rounds.push(round);
         let lastGroup = "";
-        for (const mode of order) {
-          // The first run after another process has computed is slower (a cold start of this process's
-          // threads and caches, ~100 ms of TTFT here). So that no mode pays it for its place in the
-          // rotation, a short untimed request goes first whenever the process changes.
-          if (mode.group !== lastGroup) await mode.warm().catch(() => {});
-          lastGroup = mode.group;
-          const x = await attempt(mode, n++);
-          if (x) {
-            samples.get(mode.name)!.push(x);
-            round.set(mode.name, x);
+        for (let p = 0; p < passes; p++) {
+          // Rotate the order every pass so drift and position effects cancel (a round's passes start
+          // where the last round's left off, so every mode comes first as often as the others).
+          const k = (r * passes + p) % set.modes.length;
+          const order = [...set.modes.slice(k), ...set.modes.slice(0, k)];
+          const round = new Map<string, Sample>();
+          rounds.push(round);
+          for (const mode of order) {
+            // The first run after another process has computed is slower (a cold start of this process's
+            // threads and caches, ~100 ms of TTFT here). So that no mode pays it for its place in the
+            // rotation, a short untimed request goes first whenever the process changes.
+            if (mode.group !== lastGroup) await mode.warm().catch(() => {});
+            lastGroup = mode.group;
+            const x = await attempt(mode, n++);
+            if (x) {
+              samples.get(mode.name)!.push(x);
+              round.set(mode.name, x);
+            }
           }
         }
       } finally {
@@ -381,8 +395,8 @@ async function main() {
     });
 
     // Concurrency: aggregate decode throughput at N = 1, 2, 4, 8 streams, shimmy with --parallel N
-    // against llama-server --parallel N (both started fresh for each N). Each N runs `runs` rounds,
-    // alternating which server goes first; figures are medians.
+    // against llama-server --parallel N (both started fresh for each N). Each N runs `runs` rounds of
+    // `passes` pairs of turns, alternating which server goes first; figures are medians.
     const conc: Conc[] = [];
     for (const streams of streamCounts) {
       const a: Array<{ tps: number; ttft: number; decode: number }> = [];
@@ -417,14 +431,17 @@ async function main() {
           await warm.server();
           const shimmyTurn = async () => (await warm.shimmy(), a.push(await agg(sides.shimmy)));
           const serverTurn = async () => (await warm.server(), b.push(await agg(sides.server)));
-          if (r % 2 === 0) {
-            await shimmyTurn();
-            await serverTurn();
-          } else {
-            await serverTurn();
-            await shimmyTurn();
+          // One pair of turns per pass, the first side alternating (with 2 passes: A B B A).
+          for (let p = 0; p < passes; p++) {
+            if ((r + p) % 2 === 0) {
+              await shimmyTurn();
+              await serverTurn();
+            } else {
+              await serverTurn();
+              await shimmyTurn();
+            }
+            console.error(`  ${streams} streams, round ${r + 1} pass ${p + 1}: shimmy ${a.at(-1)!.tps.toFixed(1)} tok/s, llama-server ${b.at(-1)!.tps.toFixed(1)} tok/s`);
           }
-          console.error(`  ${streams} streams, round ${r + 1}: shimmy ${a.at(-1)!.tps.toFixed(1)} tok/s, llama-server ${b.at(-1)!.tps.toFixed(1)} tok/s`);
         } finally {
           sN.proc.kill("SIGTERM");
           lN.proc.kill("SIGTERM");
@@ -463,37 +480,39 @@ async function main() {
       sseVsStock: paired(pairs(SSE, IN_STOCK), (a, b) => a.decodeTps / b.decodeTps),
       ttftOverFloor: paired(pairs(SSE, IN_ENGINE), (a, b) => a.ttftMs - b.ttftMs),
     };
-    report(single, conc, idleRss, ratios);
+    // Every timed run, pass by pass (in the JSON only), so that any paired figure can be recomputed.
+    const detail = rounds.map((r) => Object.fromEntries([...r].map(([mode, x]) => [mode, { ttft_ms: x.ttftMs, decode_tps: x.decodeTps }])));
+    report(single, conc, idleRss, ratios, detail);
   } finally {
     for (const p of spawned) p.kill("SIGKILL");
   }
 }
 
-function report(single: Array<Record<string, number | string>>, conc: Conc[], idleRss: number, ratios: Record<"sseVsFloor" | "sseVsPooled" | "sseVsServer" | "sseVsServerRead" | "sseVsStock" | "ttftOverFloor", Paired>) {
+function report(single: Array<Record<string, number | string>>, conc: Conc[], idleRss: number, ratios: Record<"sseVsFloor" | "sseVsPooled" | "sseVsServer" | "sseVsServerRead" | "sseVsStock" | "ttftOverFloor", Paired>, detail: unknown[]) {
   const c4 = conc.find((c) => c.streams === 4);
   const machineNote = "The three in-process rows are the floors: node-llama-cpp as it ships (LlamaCompletion, a fresh set of ggml threads per decode); the same with the persistent threadpools shimmy installs (src/engine/threadpool.ts); and shimmy's engine without HTTP (threadpools and shimmy's decode loop, src/engine/stepper.ts), which is what shimmy serves with. SSE is held against the third for its HTTP cost, and against the first two for what shimmy adds over node-llama-cpp. Model files: node-llama-cpp's two floors and llama-server (its default) memory-map the file; shimmy's engine and shimmy's server read it into memory, shimmy's default on Linux for a CPU model that takes at most half the available memory (`SHIMMY_MMAP`, see the README); `llama-server --no-mmap` is the same server reading the file, to show what the load mode alone is worth on this machine.";
-  // Targets are judged on paired figures: each round runs every mode, so a per-round ratio cancels the
-  // machine's drift between rounds; the median of those is reported with the smallest and largest.
-  const x = (p: Paired) => `${p.median.toFixed(3)} x (rounds ${p.min.toFixed(3)}-${p.max.toFixed(3)}, n=${p.n})`;
+  // Targets are judged on paired figures: each pass of a round runs every mode, so a per-pass ratio
+  // cancels the machine's drift between passes; the median of those is reported with the smallest and largest.
+  const x = (p: Paired) => `${p.median.toFixed(3)} x (pairs ${p.min.toFixed(3)}-${p.max.toFixed(3)}, n=${p.n})`;
   const targets = [
     { target: "shimmy SSE decode >= 0.98 x in-process (same engine: shimmy's engine without HTTP)", value: x(ratios.sseVsFloor), met: ratios.sseVsFloor.median >= 0.98 },
     { target: "shimmy SSE decode >= 0.98 x node-llama-cpp in-process with shimmy's threadpools", value: x(ratios.sseVsPooled), met: ratios.sseVsPooled.median >= 0.98 },
     { target: "shimmy SSE decode >= llama-server's (/completion)", value: x(ratios.sseVsServer), met: ratios.sseVsServer.median >= 1 },
     { target: "(for comparison, not a target) shimmy SSE decode against llama-server --no-mmap", value: x(ratios.sseVsServerRead), met: "-" },
     { target: "shimmy SSE decode >= 0.98 x node-llama-cpp in-process as shipped", value: x(ratios.sseVsStock), met: ratios.sseVsStock.median >= 0.98 },
-    { target: "TTFT overhead <= 10 ms over in-process", value: `${ratios.ttftOverFloor.median.toFixed(1)} ms (rounds ${ratios.ttftOverFloor.min.toFixed(1)} to ${ratios.ttftOverFloor.max.toFixed(1)})`, met: ratios.ttftOverFloor.median <= 10 },
+    { target: "TTFT overhead <= 10 ms over in-process", value: `${ratios.ttftOverFloor.median.toFixed(1)} ms (pairs ${ratios.ttftOverFloor.min.toFixed(1)} to ${ratios.ttftOverFloor.max.toFixed(1)})`, met: ratios.ttftOverFloor.median <= 10 },
     ...(c4 ? [{ target: "aggregate tok/s at 4 streams >= llama-server --parallel 4", value: x(c4.ratio), met: c4.ratio.median >= 1 }] : []),
     { target: "idle RSS of serve with the tiny model <= 150 MB", value: `${(idleRss / 1048576).toFixed(1)} MiB`, met: idleRss <= 150 * 1048576 },
   ];
   const cpu = os.cpus();
   const machine = `${cpu[0]?.model ?? "?"}, ${cpu.length} logical CPUs (${physicalCores()} physical), ${(os.totalmem() / 1024 ** 3).toFixed(0)} GiB, ${os.platform()} ${os.release()}, bun ${Bun.version}`;
-  const command = `bun scripts/bench-compare.ts --threads ${threads} --runs ${runs} --tokens ${tokens}${values.model ? ` --model ${values.model}` : ""}${values.streams ? ` --streams ${values.streams}` : ""}${values.quick ? " --quick" : ""}`;
+  const command = `bun scripts/bench-compare.ts --threads ${threads} --runs ${runs} --passes ${passes} --tokens ${tokens}${values.model ? ` --model ${values.model}` : ""}${values.streams ? ` --streams ${values.streams}` : ""}${values.quick ? " --quick" : ""}`;
   const f = (n: number | string, d = 1) => (typeof n === "number" ? (Number.isFinite(n) ? n.toFixed(d) : "-") : n);
   const md = [
     "# Benchmarks",
     "",
     `Measured ${new Date().toISOString().slice(0, 10)} on ${machine}.`,
-    `Model: ${path.basename(model)} (${values.model ? "given with --model" : "TinyLlama-1.1B shape, Q8_0, random weights: same compute as a trained model"}). Threads ${threads}, context ${CTX}, greedy, ${tokens} tokens per run, medians of ${runs} interleaved runs (prompt re-evaluated every run), each round in freshly started processes.`,
+    `Model: ${path.basename(model)} (${values.model ? "given with --model" : "TinyLlama-1.1B shape, Q8_0, random weights: same compute as a trained model"}). Threads ${threads}, context ${CTX}, greedy, ${tokens} tokens per run, medians of ${runs * passes} interleaved runs per mode (${runs} rounds, each in freshly started processes, of ${passes} pass${passes > 1 ? "es" : ""} over every mode; prompt re-evaluated every run).`,
     "",
     `Command: \`${command}\``,
     "",
@@ -501,7 +520,7 @@ function report(single: Array<Record<string, number | string>>, conc: Conc[], id
     "",
     "Whenever the next run is in another process than the last one, a short untimed request (4 tokens) goes to it first: the first run after another process has computed is slower (about 100 ms more time to first token on this VM), and without this each mode paid it or not by its place in the rotation.",
     "",
-    "Every round starts every process afresh (the in-process floors, shimmy, both llama-servers; in the concurrency table, both servers) and stops them at its end: on this VM separate processes of the same code can differ by 5-13% in decode speed for as long as they live, so with one process per mode for the whole run each mode's figure would be a single draw of that. Fresh processes put it inside the rounds' spread. Each round first makes one untimed run of every mode in its fresh processes.",
+    "Every round starts every process afresh (the in-process floors, shimmy, both llama-servers; in the concurrency table, both servers) and stops them at its end: on this VM separate processes of the same code can differ by 5-13% in decode speed for as long as they live, so with one process per mode for the whole run each mode's figure would be a single draw of that. Fresh processes put it inside the rounds' spread. Each round first makes one untimed run of every mode in its fresh processes, then its passes.",
     "",
     "## One stream",
     "",
@@ -513,7 +532,7 @@ function report(single: Array<Record<string, number | string>>, conc: Conc[], id
     "",
     machineNote,
     "",
-    `## Concurrent streams (N streams: shimmy --parallel N against llama-server --parallel N; medians of ${runs} rounds alternating which server goes first, both started fresh every round)`,
+    `## Concurrent streams (N streams: shimmy --parallel N against llama-server --parallel N; medians of ${runs * passes} turns per server: ${runs} rounds, both started fresh every round, of ${passes} pair${passes > 1 ? "s" : ""} of turns alternating which server goes first)`,
     "",
     "Aggregate tok/s = all streams' tokens / wall time from sending the requests to the last token (prompt evaluation included). TTFT and decode are per stream.",
     "",
@@ -523,7 +542,7 @@ function report(single: Array<Record<string, number | string>>, conc: Conc[], id
     "",
     "## Targets",
     "",
-    "Ratios are paired: every round runs every mode (and each concurrency round runs both servers back to back), so each round gives one ratio; the table shows their median, with the smallest and largest.",
+    "Ratios are paired: every pass of a round runs every mode (and each pair of concurrency turns runs both servers back to back), so each pass gives one ratio; the table shows their median, with the smallest and largest (n = rounds x passes).",
     "",
     "| target | measured | met |",
     "|---|---|---|",
@@ -534,7 +553,7 @@ function report(single: Array<Record<string, number | string>>, conc: Conc[], id
   const out = values.out ?? path.join(ROOT, "docs");
   mkdirSync(out, { recursive: true });
   writeFileSync(path.join(out, "BENCHMARKS.md"), md);
-  writeFileSync(path.join(out, "benchmarks.json"), JSON.stringify({ machine, command, model: path.basename(model), threads, ctx: CTX, tokens, runs, single, concurrency: conc, idle_rss_bytes: idleRss, paired: ratios, targets }, null, 2));
+  writeFileSync(path.join(out, "benchmarks.json"), JSON.stringify({ machine, command, model: path.basename(model), threads, ctx: CTX, tokens, runs, passes, single, concurrency: conc, idle_rss_bytes: idleRss, paired: ratios, targets, single_runs: detail }, null, 2));
   console.log(md);
 }
 

@@ -12,8 +12,10 @@
  *       [--temperature 0] [--llama-server PATH] SIDE...
  *
  * A SIDE is `llama` (llama-server, mapped as it ships), `llama:--no-mmap` (extra arguments after the
- * colon, comma-separated), or `NAME=VAR:VALUE,VAR:VALUE` (shimmy serve with those environment
- * variables, e.g. `mapped=SHIMMY_MMAP:1`; `NAME=` for the defaults). The last lines print each side's
+ * colon, comma-separated), `NAME=VAR:VALUE,VAR:VALUE` (shimmy serve with those environment
+ * variables, e.g. `mapped=SHIMMY_MMAP:1`; `NAME=` for the defaults), or `engine` (shimmy's engine
+ * without HTTP, in a process of its own: bench-inprocess.ts, as bench-compare.ts's floor; one stream
+ * only; `engine:VAR:VALUE,...` with environment variables). The last lines print each side's
  * medians and, for the first side against the last, the medians of the per-round ratios.
  * llama-server comes from bench-compare.ts's build (~/.cache/shimmy-bench) unless --llama-server is given.
  */
@@ -48,7 +50,7 @@ const llamaBin = values["llama-server"] ?? path.join(os.homedir(), ".cache", "sh
 if (!positionals.length) throw new Error("name at least one side: llama, llama:ARGS, or NAME=VAR:VALUE,...");
 if (![streams, rounds, tokens].every((n) => Number.isInteger(n) && n >= 1) || tokens < 2) throw new Error("--streams, --rounds and --tokens must be whole numbers (tokens at least 2)");
 
-type Side = { name: string; kind: "shimmy" | "llama"; url: string; proc: ReturnType<typeof Bun.spawn>; model?: string };
+type Side = { name: string; kind: "shimmy" | "llama" | "engine"; url: string; proc: ReturnType<typeof Bun.spawn>; model?: string; lines?: AsyncGenerator<string> };
 interface Round {
   tps: number;
   promptMs: number;
@@ -56,8 +58,37 @@ interface Round {
 }
 
 
+/** Environment variables from `VAR:VALUE,VAR:VALUE`. */
+function envFrom(spec: string, list: string): Record<string, string | undefined> {
+  const env: Record<string, string | undefined> = { ...process.env, SHIMMY_DEMO_MODEL: "0", SHIMMY_LOG: "warn" };
+  for (const kv of list.split(",").filter(Boolean)) {
+    const c = kv.indexOf(":");
+    if (c < 1) throw new Error(`side ${spec}: ${kv} is not VAR:VALUE`);
+    env[kv.slice(0, c)] = kv.slice(c + 1);
+  }
+  return env;
+}
+
+async function* linesOf(stream: ReadableStream<Uint8Array>): AsyncGenerator<string> {
+  const dec = new TextDecoder();
+  let buf = "";
+  for await (const chunk of stream) {
+    buf += dec.decode(chunk, { stream: true });
+    let nl: number;
+    while ((nl = buf.indexOf("\n")) >= 0) {
+      yield buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+    }
+  }
+}
+
 function start(spec: string, port: number): Side {
   const url = `http://127.0.0.1:${port}`;
+  if (spec === "engine" || spec.startsWith("engine:")) {
+    if (streams !== 1) throw new Error("an engine side runs one stream (--streams 1)");
+    const proc = Bun.spawn(["bun", path.join(ROOT, "scripts/bench-inprocess.ts"), model, threads, String(CTX), String(tokens), "engine"], { env: envFrom(spec, spec.slice(7)), stdin: "pipe", stdout: "pipe", stderr: "inherit" });
+    return { name: spec, kind: "engine", url, proc, lines: linesOf(proc.stdout as ReadableStream<Uint8Array>) };
+  }
   if (spec === "llama" || spec.startsWith("llama:")) {
     const extra = spec.startsWith("llama:") ? spec.slice(6).split(",").filter(Boolean) : [];
     const proc = Bun.spawn([llamaBin, "-m", model, "-t", threads, "-tb", threads, "-c", String(CTX * streams), "-np", String(streams), "--port", String(port), "--host", "127.0.0.1", "-ngl", "0", "--no-warmup", ...extra], { stdout: "ignore", stderr: "ignore" });
@@ -65,12 +96,7 @@ function start(spec: string, port: number): Side {
   }
   const eq = spec.indexOf("=");
   if (eq < 1) throw new Error(`side ${spec}: expected llama, llama:ARGS or NAME=VAR:VALUE,...`);
-  const env: Record<string, string | undefined> = { ...process.env, SHIMMY_DEMO_MODEL: "0", SHIMMY_LOG: "warn" };
-  for (const kv of spec.slice(eq + 1).split(",").filter(Boolean)) {
-    const c = kv.indexOf(":");
-    if (c < 1) throw new Error(`side ${spec}: ${kv} is not VAR:VALUE`);
-    env[kv.slice(0, c)] = kv.slice(c + 1);
-  }
+  const env = envFrom(spec, spec.slice(eq + 1));
   const proc = Bun.spawn(["bun", path.join(ROOT, "src/main.ts"), "serve", "--bind", `127.0.0.1:${port}`, "--model-path", model, "--threads", threads, "--ctx-size", String(CTX), "--parallel", String(streams), "--keep-alive", "-1", "--gpu", "cpu"], { env, stdout: "ignore", stderr: "inherit" });
   return { name: spec.slice(0, eq), kind: "shimmy", url, proc };
 }
@@ -78,6 +104,18 @@ function start(spec: string, port: number): Side {
 /** Token arrival times (ms after t0) of one streamed request. */
 async function stream(side: Side, i: number, t0: number, n: number): Promise<number[]> {
   const stamps: number[] = [];
+  if (side.kind === "engine") {
+    // bench-inprocess.ts's line protocol: `i` for a timed run of `tokens` tokens, `w` for a 4-token one.
+    const p = side.proc.stdin as import("bun").FileSink;
+    // i = 0 is round()'s untimed warm-up (4 tokens).
+    p.write(i === 0 ? "w\n" : `${i}\n`);
+    p.flush();
+    const line = (await side.lines!.next()).value as string;
+    if (i === 0) return [0, 0];
+    // Times after the engine's own start of the request (its clock is its own; the pipe adds ~0.1 ms).
+    const r = JSON.parse(line) as { t0: number; stamps: number[] };
+    return r.stamps.map((s) => s - r.t0);
+  }
   const res =
     side.kind === "shimmy"
       ? await fetch(`${side.url}/api/generate`, { method: "POST", keepalive: false, headers: { accept: "text/event-stream" }, body: JSON.stringify({ model: side.model, prompt: benchPrompt(i), max_tokens: n, temperature, seed: i }) })
@@ -98,7 +136,9 @@ async function round(side: Side): Promise<Round> {
   if (all.some((s) => s.length < 2)) throw new Error(`${side.name}: a stream ended with fewer than 2 tokens`);
   const promptMs = Math.max(...all.map((s) => s[0]!));
   const steps = Math.max(...all.map((s) => s.length)) - 1;
-  return { tps: (all.reduce((a, s) => a + s.length, 0) * 1000) / end, promptMs, stepMs: (end - promptMs) / steps };
+  // The decode step ends at the last token (not at the end of the response, which an engine side has not).
+  const last = Math.max(...all.map((s) => s.at(-1)!));
+  return { tps: (all.reduce((a, s) => a + s.length, 0) * 1000) / end, promptMs, stepMs: (last - promptMs) / steps };
 }
 
 const median = (xs: number[]) => {
@@ -112,6 +152,10 @@ const pageCache = settlePageCache(model);
 const sides = positionals.map((spec) => start(spec, freePort()));
 try {
   for (const s of sides) {
+    if (s.kind === "engine") {
+      if ((await s.lines!.next()).value !== "ready") throw new Error(`${s.name}: bench-inprocess.ts did not start`);
+      continue;
+    }
     await waitForServer(`${s.url}/health`, s.proc, 180_000);
     if (s.kind === "shimmy") s.model = ((await (await fetch(`${s.url}/v1/models`)).json()) as { data: Array<{ id: string }> }).data[0]!.id;
   }
