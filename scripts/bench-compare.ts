@@ -262,6 +262,15 @@ const SSE = "shimmy SSE /api/generate";
 const LS_COMPLETION = "llama-server /completion";
 /** llama-server with the weights read into memory, as shimmy does by default on Linux (chooseMmap in src/engine/llama.ts). */
 const LS_NO_MMAP = "llama-server --no-mmap /completion";
+const SHIMMY_JSON = "shimmy JSON /api/generate";
+const SHIMMY_WS = "shimmy WebSocket";
+const SHIMMY_OPENAI = "shimmy OpenAI stream /v1/chat/completions";
+const LS_CHAT = "llama-server /v1/chat/completions stream";
+/**
+ * The order the single-stream modes run in, as a cycle: no two modes of one process are next to each
+ * other, and none are two apart at the end of the cycle either (each pass starts two places on).
+ */
+const RUN_ORDER = [SSE, IN_STOCK, SHIMMY_JSON, LS_COMPLETION, SHIMMY_WS, IN_POOLED, SHIMMY_OPENAI, LS_CHAT, IN_ENGINE, LS_NO_MMAP];
 
 async function main() {
   if (!existsSync(model)) {
@@ -318,11 +327,11 @@ async function main() {
         { name: IN_POOLED, run: pooled.run, group: "pooled", warm: pooled.warm },
         { name: IN_ENGINE, run: engineFloor.run, group: "engine", warm: engineFloor.warm },
         { name: SSE, run: (i) => shimmySse(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
-        { name: "shimmy JSON /api/generate", run: (i) => shimmyJson(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
-        { name: "shimmy WebSocket", run: (i) => shimmyWs(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
-        { name: "shimmy OpenAI stream /v1/chat/completions", run: (i) => openaiStream(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
+        { name: SHIMMY_JSON, run: (i) => shimmyJson(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
+        { name: SHIMMY_WS, run: (i) => shimmyWs(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
+        { name: SHIMMY_OPENAI, run: (i) => openaiStream(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
         { name: LS_COMPLETION, run: (i) => llamaCompletion(server.url, i), group: "llama-server", warm: warmServer },
-        { name: "llama-server /v1/chat/completions stream", run: (i) => openaiStream(server.url, "m", i), group: "llama-server", warm: warmServer },
+        { name: LS_CHAT, run: (i) => openaiStream(server.url, "m", i), group: "llama-server", warm: warmServer },
         { name: LS_NO_MMAP, run: (i) => llamaCompletion(serverRead.url, i), group: "llama-server-no-mmap", warm: warmLlama(serverRead.url) },
       ];
     const stop = async () => {
@@ -362,20 +371,25 @@ async function main() {
         // and the start of a round is busy (six processes loading the model, the last round's memory being
         // freed); without this the modes early in the rotation ran slower than the ones late in it.
         for (const mode of set.modes) await mode.run(0).catch(() => {});
-        let lastGroup = "";
+        const cycle = RUN_ORDER.map((name) => set.modes.find((m) => m.name === name)!);
+        const at = (i: number) => cycle[(i + cycle.length) % cycle.length]!.group;
+        if (cycle.some((_, i) => at(i) === at(i + 1) || at(i - 1) === at(i + 2))) throw new Error("RUN_ORDER puts two modes of one process next to each other");
         for (let p = 0; p < passes; p++) {
-          // Rotate the order every pass so drift and position effects cancel (a round's passes start
-          // where the last round's left off, so every mode comes first as often as the others).
-          const k = (r * passes + p) % set.modes.length;
-          const order = [...set.modes.slice(k), ...set.modes.slice(0, k)];
+          // Every timed run comes right after another process has computed, then a short untimed
+          // request to its own process. The first run after a switch is slower (a cold start of this
+          // process's threads and caches: ~100 ms more time to first token here, and a little in
+          // decoding after that), so every mode gets the same start. With the modes of one process
+          // in a row, the first of them paid what the others did not: shimmy's SSE, first of its
+          // four, decoded 1-5% slower than its other surfaces in 8 of 10 passes (one process and no
+          // switches: the same speed). RUN_ORDER never puts two modes of one process next to each
+          // other, also across the end of a pass when each pass starts two places further on.
+          // The rotation moves drift and position effects around the modes.
+          const k = (2 * (r * passes + p)) % cycle.length;
+          const order = [...cycle.slice(k), ...cycle.slice(0, k)];
           const round = new Map<string, Sample>();
           rounds.push(round);
           for (const mode of order) {
-            // The first run after another process has computed is slower (a cold start of this process's
-            // threads and caches, ~100 ms of TTFT here). So that no mode pays it for its place in the
-            // rotation, a short untimed request goes first whenever the process changes.
-            if (mode.group !== lastGroup) await mode.warm().catch(() => {});
-            lastGroup = mode.group;
+            await mode.warm().catch(() => {});
             const x = await attempt(mode, n++);
             if (x) {
               samples.get(mode.name)!.push(x);
@@ -518,7 +532,7 @@ function report(single: Array<Record<string, number | string>>, conc: Conc[], id
     "",
     `Model file: ${pageCache}. On this VM a memory-mapped model (llama-server, node-llama-cpp's floors) decodes slower from cached pages that a process wrote (a freshly generated model) than from pages read from disk; this gives the mapped modes their faster case (docs/PERFORMANCE.md).`,
     "",
-    "Whenever the next run is in another process than the last one, a short untimed request (4 tokens) goes to it first: the first run after another process has computed is slower (about 100 ms more time to first token on this VM), and without this each mode paid it or not by its place in the rotation.",
+    "Every timed run comes right after a run in another process, and a short untimed request (4 tokens) to its own process goes first: the first run after another process has computed is slower (about 100 ms more time to first token on this VM, and a little in decoding after that), so every mode starts alike. (With the modes of one process in a row, the first of them paid what the others did not.)",
     "",
     "Every round starts every process afresh (the in-process floors, shimmy, both llama-servers; in the concurrency table, both servers) and stops them at its end: on this VM separate processes of the same code can differ by 5-13% in decode speed for as long as they live, so with one process per mode for the whole run each mode's figure would be a single draw of that. Fresh processes put it inside the rounds' spread. Each round first makes one untimed run of every mode in its fresh processes, then its passes.",
     "",
