@@ -97,9 +97,47 @@ interface Sample {
   promptTps: number;
   totalMs: number;
   tokens: number;
+  /** CPU time the harness's other processes (and the harness itself) used during the run, ms. */
+  othersCpuMs?: number;
+  /** How long the run waited for them to be quiet first, ms. */
+  quietMs?: number;
 }
 
 const prompt = benchPrompt;
+
+// ---------------------------------------------------------------------------------------------
+// Quiet before each timed run: the other processes' CPU time, from /proc (Linux; elsewhere none is seen).
+
+const CLK_TCK = (() => {
+  const r = process.platform === "linux" ? Bun.spawnSync(["getconf", "CLK_TCK"]) : undefined;
+  return Number(r?.stdout.toString().trim()) || 100;
+})();
+
+/** CPU time (user + system, ms) a process has used so far; 0 where it cannot be read. */
+function cpuMs(pid: number): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return ((Number(f[11]) + Number(f[12])) * 1000) / CLK_TCK;
+  } catch {
+    return 0;
+  }
+}
+const cpuOf = (pids: number[]) => pids.reduce((a, p) => a + cpuMs(p), 0);
+
+/**
+ * Waits (at most 3 s) until the given processes use no CPU over 100 ms, so that no run shares the
+ * two cores with what the processes before it left running (llama.cpp's workers spin for a while
+ * after a graph; a Bun process may collect garbage after a run). Returns how long it waited.
+ */
+async function quiet(pids: number[]): Promise<number> {
+  const t0 = performance.now();
+  while (performance.now() - t0 < 3000) {
+    const before = cpuOf(pids);
+    await Bun.sleep(100);
+    if (cpuOf(pids) - before <= 1000 / CLK_TCK) break;
+  }
+  return performance.now() - t0;
+}
 
 // ---------------------------------------------------------------------------------------------
 // llama-server: build from node-llama-cpp's bundled source when needed.
@@ -334,12 +372,15 @@ async function main() {
         { name: LS_CHAT, run: (i) => openaiStream(server.url, "m", i), group: "llama-server", warm: warmServer },
         { name: LS_NO_MMAP, run: (i) => llamaCompletion(serverRead.url, i), group: "llama-server-no-mmap", warm: warmLlama(serverRead.url) },
       ];
+    const pids: Record<string, number> = { stock: stock.proc.pid, pooled: pooled.proc.pid, engine: engineFloor.proc.pid, shimmy: shimmy.proc.pid, "llama-server": server.proc.pid, "llama-server-no-mmap": serverRead.proc.pid };
+    /** Every process of the set but the mode's own, and the harness. */
+    const others = (mode: Mode) => [process.pid, ...Object.entries(pids).filter(([g]) => g !== mode.group).map(([, p]) => p)];
     const stop = async () => {
       for (const p of [shimmy.proc, server.proc, serverRead.proc]) p.kill("SIGTERM");
       for (const f of [stock, pooled, engineFloor]) f.proc.stdin.end();
       await Promise.all([shimmy.proc, server.proc, serverRead.proc, stock.proc, pooled.proc, engineFloor.proc].map((p) => p.exited));
     };
-    return { modes, stop };
+    return { modes, stop, others };
   };
 
   try {
@@ -390,7 +431,11 @@ async function main() {
           rounds.push(round);
           for (const mode of order) {
             await mode.warm().catch(() => {});
+            const pidsAround = set.others(mode);
+            const quietMs = await quiet(pidsAround);
+            const cpu0 = cpuOf(pidsAround);
             const x = await attempt(mode, n++);
+            if (x) Object.assign(x, { othersCpuMs: cpuOf(pidsAround) - cpu0, quietMs });
             if (x) {
               samples.get(mode.name)!.push(x);
               round.set(mode.name, x);
@@ -495,14 +540,17 @@ async function main() {
       ttftOverFloor: paired(pairs(SSE, IN_ENGINE), (a, b) => a.ttftMs - b.ttftMs),
     };
     // Every timed run, pass by pass (in the JSON only), so that any paired figure can be recomputed.
-    const detail = rounds.map((r) => Object.fromEntries([...r].map(([mode, x]) => [mode, { ttft_ms: x.ttftMs, decode_tps: x.decodeTps }])));
-    report(single, conc, idleRss, ratios, detail);
+    const detail = rounds.map((r) => Object.fromEntries([...r].map(([mode, x]) => [mode, { ttft_ms: x.ttftMs, decode_tps: x.decodeTps, others_cpu_ms: x.othersCpuMs, quiet_wait_ms: x.quietMs }])));
+    const all = rounds.flatMap((r) => [...r.values()]);
+    const q = (k: "othersCpuMs" | "quietMs") => all.map((x) => x[k]).filter((v): v is number => v !== undefined);
+    const quietNote = `Before each timed single-stream run the harness waits until its other processes (and itself) have used no CPU for 100 ms (at most 3 s): waited ${median(q("quietMs")).toFixed(0)} ms (median; longest ${Math.max(...q("quietMs")).toFixed(0)}). During a run they used ${median(q("othersCpuMs")).toFixed(0)} ms of CPU (median; most ${Math.max(...q("othersCpuMs")).toFixed(0)}), most of it the harness reading the stream.`;
+    report(single, conc, idleRss, ratios, detail, quietNote);
   } finally {
     for (const p of spawned) p.kill("SIGKILL");
   }
 }
 
-function report(single: Array<Record<string, number | string>>, conc: Conc[], idleRss: number, ratios: Record<"sseVsFloor" | "sseVsPooled" | "sseVsServer" | "sseVsServerRead" | "sseVsStock" | "ttftOverFloor", Paired>, detail: unknown[]) {
+function report(single: Array<Record<string, number | string>>, conc: Conc[], idleRss: number, ratios: Record<"sseVsFloor" | "sseVsPooled" | "sseVsServer" | "sseVsServerRead" | "sseVsStock" | "ttftOverFloor", Paired>, detail: unknown[], quietNote: string) {
   const c4 = conc.find((c) => c.streams === 4);
   const machineNote = "The three in-process rows are the floors: node-llama-cpp as it ships (LlamaCompletion, a fresh set of ggml threads per decode); the same with the persistent threadpools shimmy installs (src/engine/threadpool.ts); and shimmy's engine without HTTP (threadpools and shimmy's decode loop, src/engine/stepper.ts), which is what shimmy serves with. SSE is held against the third for its HTTP cost, and against the first two for what shimmy adds over node-llama-cpp. Model files: node-llama-cpp's two floors and llama-server (its default) memory-map the file; shimmy's engine and shimmy's server read it into memory, shimmy's default on Linux for a CPU model that takes at most half the available memory (`SHIMMY_MMAP`, see the README); `llama-server --no-mmap` is the same server reading the file, to show what the load mode alone is worth on this machine.";
   // Targets are judged on paired figures: each pass of a round runs every mode, so a per-pass ratio
@@ -531,6 +579,8 @@ function report(single: Array<Record<string, number | string>>, conc: Conc[], id
     `Command: \`${command}\``,
     "",
     `Model file: ${pageCache}. On this VM a memory-mapped model (llama-server, node-llama-cpp's floors) decodes slower from cached pages that a process wrote (a freshly generated model) than from pages read from disk; this gives the mapped modes their faster case (docs/PERFORMANCE.md).`,
+    "",
+    quietNote,
     "",
     "Every timed run comes right after a run in another process, and a short untimed request (4 tokens) to its own process goes first: the first run after another process has computed is slower (about 100 ms more time to first token on this VM, and a little in decoding after that), so every mode starts alike. (With the modes of one process in a row, the first of them paid what the others did not.)",
     "",
