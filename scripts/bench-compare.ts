@@ -20,7 +20,7 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import { physicalCores } from "../src/config.ts";
 import { writeBenchModel, writeTinyModel } from "../src/gguf/presets.ts";
-import { benchPrompt, freePort, readSse, settlePageCache, waitForServer } from "./bench-prompt.ts";
+import { benchPrompt, freePort, lines, readSse, settlePageCache, waitForServer } from "./bench-prompt.ts";
 
 const ROOT = path.resolve(import.meta.dir, "..");
 const { values } = parseArgs({
@@ -189,19 +189,6 @@ function startLlamaServer(bin: string, parallel: number, extra: string[] = []) {
 // ---------------------------------------------------------------------------------------------
 // Clients: each returns what the client observed.
 
-/** The lines of a byte stream. */
-async function* lines(stream: ReadableStream<Uint8Array>): AsyncGenerator<string> {
-  const decoder = new TextDecoder();
-  let buf = "";
-  for await (const chunk of stream) {
-    buf += decoder.decode(chunk, { stream: true });
-    let nl: number;
-    while ((nl = buf.indexOf("\n")) >= 0) {
-      yield buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-    }
-  }
-}
 
 /** Client-side figures from token arrival times. */
 function sample(t0: number, stamps: number[], promptTokens: number): Sample {

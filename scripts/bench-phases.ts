@@ -22,7 +22,7 @@
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { benchPrompt, freePort, readSse, settlePageCache, waitForServer } from "./bench-prompt.ts";
+import { benchPrompt, freePort, lines, readSse, settlePageCache, waitForServer } from "./bench-prompt.ts";
 
 const ROOT = path.resolve(import.meta.dir, "..");
 const { values, positionals } = parseArgs({
@@ -69,25 +69,13 @@ function envFrom(spec: string, list: string): Record<string, string | undefined>
   return env;
 }
 
-async function* linesOf(stream: ReadableStream<Uint8Array>): AsyncGenerator<string> {
-  const dec = new TextDecoder();
-  let buf = "";
-  for await (const chunk of stream) {
-    buf += dec.decode(chunk, { stream: true });
-    let nl: number;
-    while ((nl = buf.indexOf("\n")) >= 0) {
-      yield buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-    }
-  }
-}
 
 function start(spec: string, port: number): Side {
   const url = `http://127.0.0.1:${port}`;
   if (spec === "engine" || spec.startsWith("engine:")) {
     if (streams !== 1) throw new Error("an engine side runs one stream (--streams 1)");
     const proc = Bun.spawn(["bun", path.join(ROOT, "scripts/bench-inprocess.ts"), model, threads, String(CTX), String(tokens), "engine"], { env: envFrom(spec, spec.slice(7)), stdin: "pipe", stdout: "pipe", stderr: "inherit" });
-    return { name: spec, kind: "engine", url, proc, lines: linesOf(proc.stdout as ReadableStream<Uint8Array>) };
+    return { name: spec, kind: "engine", url, proc, lines: lines(proc.stdout as ReadableStream<Uint8Array>) };
   }
   if (spec === "llama" || spec.startsWith("llama:")) {
     const extra = spec.startsWith("llama:") ? spec.slice(6).split(",").filter(Boolean) : [];

@@ -105,3 +105,17 @@ export async function waitForServer(url: string, proc: { exitCode: number | null
   }
   throw new Error(`${url} did not answer in ${ms / 1000} s`);
 }
+
+/** The lines of a byte stream. */
+export async function* lines(stream: ReadableStream<Uint8Array>): AsyncGenerator<string> {
+  const decoder = new TextDecoder();
+  let buf = "";
+  for await (const chunk of stream) {
+    buf += decoder.decode(chunk, { stream: true });
+    let nl: number;
+    while ((nl = buf.indexOf("\n")) >= 0) {
+      yield buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+    }
+  }
+}
