@@ -278,8 +278,8 @@ async function llamaCompletion(url: string, i: number): Promise<Sample> {
 
 // ---------------------------------------------------------------------------------------------
 
-/** A measured mode; `group` names the process it runs in, `warm` is a short untimed request to it. */
-type Mode = { name: string; run: (i: number) => Promise<Sample>; group: string; warm: () => Promise<unknown> };
+/** A measured mode; `pid` is the process it runs in, `warm` is a short untimed request to it. */
+type Mode = { name: string; run: (i: number) => Promise<Sample>; pid: number; warm: () => Promise<unknown> };
 const IN_STOCK = "in-process (node-llama-cpp as shipped)";
 const IN_POOLED = "in-process (node-llama-cpp + shimmy's threadpools)";
 const IN_ENGINE = "in-process (shimmy's engine, no HTTP)";
@@ -348,20 +348,19 @@ async function main() {
     const warmLlama = (url: string) => () => fetch(`${url}/completion`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: prompt(0), n_predict: 4, temperature: 0, cache_prompt: false }) }).then((r) => r.text());
     const warmServer = warmLlama(server.url);
       const modes: Mode[] = [
-        { name: IN_STOCK, run: stock.run, group: "stock", warm: stock.warm },
-        { name: IN_POOLED, run: pooled.run, group: "pooled", warm: pooled.warm },
-        { name: IN_ENGINE, run: engineFloor.run, group: "engine", warm: engineFloor.warm },
-        { name: SSE, run: (i) => shimmySse(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
-        { name: SHIMMY_JSON, run: (i) => shimmyJson(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
-        { name: SHIMMY_WS, run: (i) => shimmyWs(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
-        { name: SHIMMY_OPENAI, run: (i) => openaiStream(shimmy.url, shimmy.name, i), group: "shimmy", warm: warmShimmy },
-        { name: LS_COMPLETION, run: (i) => llamaCompletion(server.url, i), group: "llama-server", warm: warmServer },
-        { name: LS_CHAT, run: (i) => openaiStream(server.url, "m", i), group: "llama-server", warm: warmServer },
-        { name: LS_NO_MMAP, run: (i) => llamaCompletion(serverRead.url, i), group: "llama-server-no-mmap", warm: warmLlama(serverRead.url) },
+        { name: IN_STOCK, run: stock.run, pid: stock.proc.pid, warm: stock.warm },
+        { name: IN_POOLED, run: pooled.run, pid: pooled.proc.pid, warm: pooled.warm },
+        { name: IN_ENGINE, run: engineFloor.run, pid: engineFloor.proc.pid, warm: engineFloor.warm },
+        { name: SSE, run: (i) => shimmySse(shimmy.url, shimmy.name, i), pid: shimmy.proc.pid, warm: warmShimmy },
+        { name: SHIMMY_JSON, run: (i) => shimmyJson(shimmy.url, shimmy.name, i), pid: shimmy.proc.pid, warm: warmShimmy },
+        { name: SHIMMY_WS, run: (i) => shimmyWs(shimmy.url, shimmy.name, i), pid: shimmy.proc.pid, warm: warmShimmy },
+        { name: SHIMMY_OPENAI, run: (i) => openaiStream(shimmy.url, shimmy.name, i), pid: shimmy.proc.pid, warm: warmShimmy },
+        { name: LS_COMPLETION, run: (i) => llamaCompletion(server.url, i), pid: server.proc.pid, warm: warmServer },
+        { name: LS_CHAT, run: (i) => openaiStream(server.url, "m", i), pid: server.proc.pid, warm: warmServer },
+        { name: LS_NO_MMAP, run: (i) => llamaCompletion(serverRead.url, i), pid: serverRead.proc.pid, warm: warmLlama(serverRead.url) },
       ];
-    const pids: Record<string, number> = { stock: stock.proc.pid, pooled: pooled.proc.pid, engine: engineFloor.proc.pid, shimmy: shimmy.proc.pid, "llama-server": server.proc.pid, "llama-server-no-mmap": serverRead.proc.pid };
     /** Every process of the set but the mode's own, and the harness. */
-    const others = (mode: Mode) => [process.pid, ...Object.entries(pids).filter(([g]) => g !== mode.group).map(([, p]) => p)];
+    const others = (mode: Mode) => [process.pid, ...new Set(modes.filter((m) => m.pid !== mode.pid).map((m) => m.pid))];
     const stop = async () => {
       for (const p of [shimmy.proc, server.proc, serverRead.proc]) p.kill("SIGTERM");
       for (const f of [stock, pooled, engineFloor]) f.proc.stdin.end();
@@ -400,7 +399,7 @@ async function main() {
         // freed); without this the modes early in the rotation ran slower than the ones late in it.
         for (const mode of set.modes) await mode.run(0).catch(() => {});
         const cycle = RUN_ORDER.map((name) => set.modes.find((m) => m.name === name)!);
-        const at = (i: number) => cycle[(i + cycle.length) % cycle.length]!.group;
+        const at = (i: number) => cycle[(i + cycle.length) % cycle.length]!.pid;
         if (cycle.some((_, i) => at(i) === at(i + 1) || at(i - 1) === at(i + 2))) throw new Error("RUN_ORDER puts two modes of one process next to each other");
         for (let p = 0; p < passes; p++) {
           // Every timed run comes right after another process has computed, then a short untimed

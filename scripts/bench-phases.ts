@@ -57,7 +57,6 @@ interface Round {
   stepMs: number;
 }
 
-
 /** Environment variables from `VAR:VALUE,VAR:VALUE`. */
 function envFrom(spec: string, list: string): Record<string, string | undefined> {
   const env: Record<string, string | undefined> = { ...process.env, SHIMMY_DEMO_MODEL: "0", SHIMMY_LOG: "warn" };
@@ -68,7 +67,6 @@ function envFrom(spec: string, list: string): Record<string, string | undefined>
   }
   return env;
 }
-
 
 function start(spec: string, port: number): Side {
   const url = `http://127.0.0.1:${port}`;
@@ -93,9 +91,9 @@ function start(spec: string, port: number): Side {
 async function stream(side: Side, i: number, t0: number, n: number): Promise<number[]> {
   const stamps: number[] = [];
   if (side.kind === "engine") {
-    // bench-inprocess.ts's line protocol: `i` for a timed run of `tokens` tokens, `w` for a 4-token one.
+    // bench-inprocess.ts's line protocol: `i` for a timed run of `tokens` tokens, `w` for a 4-token
+    // one (round()'s untimed warm-up, i = 0).
     const p = side.proc.stdin as import("bun").FileSink;
-    // i = 0 is round()'s untimed warm-up (4 tokens).
     p.write(i === 0 ? "w\n" : `${i}\n`);
     p.flush();
     const line = (await side.lines!.next()).value as string;
