@@ -50,6 +50,11 @@ describe("config", () => {
     expect(loadConfig({}, { SHIMMY_THREADPOOL: "0", SHIMMY_THREADPOOL_POLL: "50" })).toMatchObject({ threadpool: false, threadpoolPoll: 50 });
     expect(() => loadConfig({}, { SHIMMY_THREADPOOL_POLL: "101" })).toThrow(/SHIMMY_THREADPOOL_POLL/);
     expect(() => loadConfig({}, { SHIMMY_THREADPOOL_POLL: "lots" })).toThrow(/SHIMMY_THREADPOOL_POLL/);
+    expect(loadConfig({}, {})).toMatchObject({ backgroundNice: 19 });
+    expect(loadConfig({}, { SHIMMY_BACKGROUND_NICE: "0" })).toMatchObject({ backgroundNice: 0 });
+    expect(loadConfig({}, { SHIMMY_BACKGROUND_NICE: "10" })).toMatchObject({ backgroundNice: 10 });
+    expect(() => loadConfig({}, { SHIMMY_BACKGROUND_NICE: "20" })).toThrow("SHIMMY_BACKGROUND_NICE must be an integer from 0 to 19, got '20'");
+    expect(() => loadConfig({}, { SHIMMY_BACKGROUND_NICE: "-5" })).toThrow(/SHIMMY_BACKGROUND_NICE/);
     expect(loadConfig({}, {})).toMatchObject({ pinThreads: "auto" });
     expect(loadConfig({}, { SHIMMY_PIN_THREADS: "0" })).toMatchObject({ pinThreads: false });
     expect(loadConfig({}, { SHIMMY_PIN_THREADS: "on" })).toMatchObject({ pinThreads: true });

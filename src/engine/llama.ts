@@ -48,6 +48,7 @@ import { StopMatcher } from "./stop.ts";
 import { installThreadpools, threadpoolStats } from "./threadpool.ts";
 import { greedyFor, installGreedy, type SamplerConfig } from "./greedy.ts";
 import { alignWeightsFor, hugepagesStats, installHugepages, withHugepages, withWeightsAligned } from "./hugepages.ts";
+import { BACKGROUND_NICE, configureBackgroundThreads, lowerBackgroundThreads } from "./background.ts";
 import { existingStepper, GATHER_MAX_MS, type NativeContext as NativeContextLike, STREAM_INTERVAL_MS, stepperFor } from "./stepper.ts";
 import type { BackendInfo, BackendOptions, ChatMessage, FinishReason, GenerateOptions, GenerateResult, LoraAdapter, ModelEntry, ModelMeta, TokenLogprob, ToolCall, ToolDefinition } from "./types.ts";
 
@@ -243,6 +244,7 @@ export async function openBackend(opts: BackendOptions): Promise<NativeBackend> 
   const direct = opts.directDecode !== false;
   await installGreedy({ sampling: direct && opts.syncGreedy !== false, decode: direct && opts.syncDecode !== false }, llama.gpu);
   await installHugepages(opts.hugepages !== false, llama.gpu);
+  configureBackgroundThreads(opts.backgroundNice ?? BACKGROUND_NICE);
   if (opts.gpu === "auto" && llama.gpu === false) {
     const why = await whyNoGpu();
     if (why.length) log.warn(`GPU: not used (${why.join("; ")}); running on CPU`);
@@ -1212,6 +1214,7 @@ export class NativeModel {
     };
     // Every sampled token (the repeat-penalty window counts tokens whose text is still held back).
     const all: Token[] = [];
+    lowerBackgroundThreads();
     try {
       stepper.begin();
     } catch (err) {

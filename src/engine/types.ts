@@ -214,6 +214,8 @@ export interface BackendOptions {
   streamIntervalMs?: number;
   /** On the CPU backend (Linux), the buffers a model load fills (weights read into memory, KV cache) move onto transparent huge pages (default true). */
   hugepages?: boolean;
+  /** The nice value for the JavaScript runtime's compiler and scavenger threads (Linux; 0 leaves them alone). Default 19. See background.ts. */
+  backgroundNice?: number;
   /** Weights read into memory start 32 bytes past a 64-byte boundary (Linux, CPU, where the huge-page wrapper is installed): true, false, or "auto" (the default: on x86-64). See alignWeightsFor in hugepages.ts. */
   alignWeights?: boolean | "auto";
   /** Bytes a model load may need at most (weights + context estimate); default: the memory available now. */

@@ -1,0 +1,58 @@
+/**
+ * The JavaScript runtime's compiler and scavenger threads run at the lowest priority (nice 19) so they
+ * never take a core from llama.cpp's threads (src/engine/background.ts). Checked on this process's
+ * own threads, in /proc/self/task, after a real model load and a real generation.
+ */
+import { expect, test } from "bun:test";
+import { readdirSync, readFileSync } from "node:fs";
+import { configureBackgroundThreads, lowerBackgroundThreads, loweredThreads } from "../src/engine/background.ts";
+import { engineFixtures } from "./helpers.ts";
+
+const ctx = engineFixtures();
+
+/** Every thread of this process: its name and nice value (field 19 of /proc/.../stat). */
+function threads(): Array<{ tid: number; name: string; nice: number }> {
+  return readdirSync("/proc/self/task").flatMap((t) => {
+    try {
+      const stat = readFileSync(`/proc/self/task/${t}/stat`, "utf8");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      return [{ tid: Number(t), name: readFileSync(`/proc/self/task/${t}/comm`, "utf8").trimEnd(), nice: Number(fields[16]) }];
+    } catch {
+      return [];
+    }
+  });
+}
+
+/** Hot enough for JavaScriptCore to compile it on its compiler threads. */
+function warm(): number {
+  let x = 0;
+  for (let i = 0; i < 3e6; i++) x = (x + Math.imul(i, 31)) | 0;
+  return x;
+}
+
+test.skipIf(process.platform !== "linux")("after a model load and a generation the compiler and scavenger threads run at nice 19; the JavaScript thread and the others keep theirs", async () => {
+  warm();
+  const r = await ctx.engine.complete("tiny", { prompt: "hello", maxTokens: 4, temperature: 0 });
+  expect(r.text.length).toBeGreaterThan(0);
+  lowerBackgroundThreads(true);
+  const all = threads();
+  const background = all.filter((t) => /^(JITWorker|JSCWarmUp|mi-scavenger)$/.test(t.name));
+  expect(background.length).toBeGreaterThan(0);
+  for (const t of background) expect(t).toMatchObject({ nice: 19 });
+  expect(loweredThreads()).toEqual(expect.arrayContaining(background.map((t) => t.tid)));
+  // The JavaScript thread (tid = pid), llama.cpp's workers and Bun's pool keep the process's priority.
+  for (const t of all.filter((t) => !background.includes(t))) expect(t).toMatchObject({ nice: 0 });
+  // Looked at most once a second, unless forced; threads already lowered are not counted again.
+  expect(lowerBackgroundThreads()).toBe(0);
+  expect(lowerBackgroundThreads(true)).toBe(0);
+});
+
+test.skipIf(process.platform !== "linux")("SHIMMY_BACKGROUND_NICE=0 leaves the threads alone", () => {
+  configureBackgroundThreads(0);
+  try {
+    warm();
+    expect(lowerBackgroundThreads(true)).toBe(0);
+  } finally {
+    configureBackgroundThreads(19);
+  }
+});
