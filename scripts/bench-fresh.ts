@@ -16,7 +16,7 @@
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { benchPrompt, freePort, readSse, settlePageCache, waitForServer } from "./bench-prompt.ts";
+import { benchPrompt, envFrom, freePort, readSse, settlePageCache, waitForServer } from "./bench-prompt.ts";
 
 const ROOT = path.resolve(import.meta.dir, "..");
 const { values, positionals } = parseArgs({
@@ -34,12 +34,7 @@ if (positionals.length < 2) throw new Error("name two sides or more: NAME=VAR:VA
 const sides = positionals.map((spec) => {
   const eq = spec.indexOf("=");
   if (eq < 1) throw new Error(`side ${spec}: expected NAME=VAR:VALUE,...`);
-  const env: Record<string, string | undefined> = { ...process.env, SHIMMY_DEMO_MODEL: "0", SHIMMY_LOG: "warn" };
-  for (const kv of spec.slice(eq + 1).split(",").filter(Boolean)) {
-    const c = kv.indexOf(":");
-    if (c < 1) throw new Error(`side ${spec}: ${kv} is not VAR:VALUE`);
-    env[kv.slice(0, c)] = kv.slice(c + 1);
-  }
+  const env = envFrom(spec, spec.slice(eq + 1));
   return { name: spec.slice(0, eq), env };
 });
 const name = path.basename(model, ".gguf").toLowerCase().replace(/[_\s]+/g, "-");

@@ -22,7 +22,7 @@
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { benchPrompt, freePort, lines, readSse, settlePageCache, waitForServer } from "./bench-prompt.ts";
+import { benchPrompt, envFrom, freePort, lines, readSse, settlePageCache, waitForServer } from "./bench-prompt.ts";
 
 const ROOT = path.resolve(import.meta.dir, "..");
 const { values, positionals } = parseArgs({
@@ -55,17 +55,6 @@ interface Round {
   tps: number;
   promptMs: number;
   stepMs: number;
-}
-
-/** Environment variables from `VAR:VALUE,VAR:VALUE`. */
-function envFrom(spec: string, list: string): Record<string, string | undefined> {
-  const env: Record<string, string | undefined> = { ...process.env, SHIMMY_DEMO_MODEL: "0", SHIMMY_LOG: "warn" };
-  for (const kv of list.split(",").filter(Boolean)) {
-    const c = kv.indexOf(":");
-    if (c < 1) throw new Error(`side ${spec}: ${kv} is not VAR:VALUE`);
-    env[kv.slice(0, c)] = kv.slice(c + 1);
-  }
-  return env;
 }
 
 function start(spec: string, port: number): Side {

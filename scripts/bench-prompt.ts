@@ -1,4 +1,4 @@
-/** Shared by the benchmark scripts: the prompt, an SSE reader, the model file's page-cache state, and the servers' ports. */
+/** Shared by the benchmark scripts: the prompt, an SSE reader, the model file's page-cache state, the servers' ports, and a side's environment. */
 import { openSync, closeSync, readFileSync, readSync } from "node:fs";
 /** The benchmark prompt: a new first word per run, so the prompt is evaluated anew each time (no KV-cache reuse). */
 export function benchPrompt(i: number): string {
@@ -118,4 +118,15 @@ export async function* lines(stream: ReadableStream<Uint8Array>): AsyncGenerator
       buf = buf.slice(nl + 1);
     }
   }
+}
+
+/** A shimmy side's environment (bench-phases.ts, bench-fresh.ts): this process's, quiet, plus `VAR:VALUE,VAR:VALUE` from `list`. */
+export function envFrom(spec: string, list: string): Record<string, string | undefined> {
+  const env: Record<string, string | undefined> = { ...process.env, SHIMMY_DEMO_MODEL: "0", SHIMMY_LOG: "warn" };
+  for (const kv of list.split(",").filter(Boolean)) {
+    const c = kv.indexOf(":");
+    if (c < 1) throw new Error(`side ${spec}: ${kv} is not VAR:VALUE`);
+    env[kv.slice(0, c)] = kv.slice(c + 1);
+  }
+  return env;
 }
