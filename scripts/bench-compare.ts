@@ -82,11 +82,33 @@ interface Paired {
   min: number;
   max: number;
   n: number;
+  /** A 95% confidence interval of the median (order statistics, no assumption about the spread); NaN under 6 pairs. */
+  ciLow: number;
+  ciHigh: number;
+}
+
+/**
+ * The distribution-free 95% interval of a median: the k-th smallest and k-th largest of n values,
+ * k the largest with P(Binomial(n, 1/2) < k) <= 2.5% (n = 20: the 6th and 15th; n = 10: the 2nd and 9th).
+ */
+function medianInterval(sorted: number[]): [number, number] {
+  const n = sorted.length;
+  let k = 0;
+  let below = 0; // P(X < k + 1) as k grows
+  let term = 0.5 ** n; // P(X = k)
+  for (let i = 0; i < n; i++) {
+    below += term;
+    if (below > 0.025) break;
+    k = i + 1;
+    term = (term * (n - i)) / (i + 1);
+  }
+  return k >= 1 ? [sorted[k - 1]!, sorted[n - k]!] : [NaN, NaN];
 }
 
 function paired<T>(pairs: Array<[T | undefined, T | undefined]>, f: (a: T, b: T) => number): Paired {
   const v = pairs.filter((p): p is [T, T] => p[0] !== undefined && p[1] !== undefined).map(([a, b]) => f(a, b)).filter(Number.isFinite);
-  return { median: median(v), min: Math.min(...v), max: Math.max(...v), n: v.length };
+  const [ciLow, ciHigh] = medianInterval([...v].sort((a, b) => a - b));
+  return { median: median(v), min: Math.min(...v), max: Math.max(...v), n: v.length, ciLow, ciHigh };
 }
 
 /** Aggregate figures at one stream count (medians over the rounds). */
@@ -584,8 +606,9 @@ function report(single: Array<Record<string, number | string>>, conc: Conc[], id
   const machineNote = "The three in-process rows are the floors: node-llama-cpp as it ships (LlamaCompletion, a fresh set of ggml threads per decode); the same with the persistent threadpools shimmy installs (src/engine/threadpool.ts); and shimmy's engine without HTTP (threadpools and shimmy's decode loop, src/engine/stepper.ts), which is what shimmy serves with. SSE is held against the third for its HTTP cost, and against the first two for what shimmy adds over node-llama-cpp. Model files: node-llama-cpp's two floors and llama-server (its default) memory-map the file; shimmy's engine and shimmy's server read it into memory, shimmy's default on Linux for a CPU model that takes at most half the available memory (`SHIMMY_MMAP`, see the README); `llama-server --no-mmap` is the same server reading the file, to show what the load mode alone is worth on this machine.";
   // Targets are judged on paired figures: each pass of a round runs every mode, so a per-pass ratio
   // cancels the machine's drift between passes; the median of those is reported with the smallest and largest.
-  const x = (p: Paired) => `${p.median.toFixed(3)} x (pairs ${p.min.toFixed(3)}-${p.max.toFixed(3)}, n=${p.n})`;
-  const ms = (p: Paired) => `${p.median.toFixed(1)} ms (pairs ${p.min.toFixed(1)} to ${p.max.toFixed(1)}, n=${p.n})`;
+  const ci = (p: Paired, d: number, sep: string) => (Number.isFinite(p.ciLow) ? `; 95% CI of the median ${p.ciLow.toFixed(d)}${sep}${p.ciHigh.toFixed(d)}` : "");
+  const x = (p: Paired) => `${p.median.toFixed(3)} x (pairs ${p.min.toFixed(3)}-${p.max.toFixed(3)}, n=${p.n}${ci(p, 3, "-")})`;
+  const ms = (p: Paired) => `${p.median.toFixed(1)} ms (pairs ${p.min.toFixed(1)} to ${p.max.toFixed(1)}, n=${p.n}${ci(p, 1, " to ")})`;
   // With triplets, the three targets they cover are judged on them; the passes' figure is shown beside.
   const judged = <K extends "sseVsFloor" | "sseVsServer" | "ttftOverFloor">(k: K, show: (p: Paired) => string) =>
     adj[k].n ? { value: `back to back: ${show(adj[k])}; in the passes: ${show(ratios[k])}`, p: adj[k] } : { value: show(ratios[k]), p: ratios[k] };
