@@ -24,7 +24,7 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import { physicalCores } from "../src/config.ts";
 import { writeBenchModel, writeTinyModel } from "../src/gguf/presets.ts";
-import { benchPrompt, freePort, lines, readSse, settlePageCache, waitForServer } from "./bench-prompt.ts";
+import { benchPrompt, freePort, lines, median, medianInterval, readSse, settlePageCache, waitForServer } from "./bench-prompt.ts";
 
 const ROOT = path.resolve(import.meta.dir, "..");
 const { values } = parseArgs({
@@ -69,13 +69,6 @@ const CTX = 2048;
 const streamCounts = values.streams === "none" ? [] : values.streams ? values.streams.split(",").map(Number) : values.quick ? [1, 4] : [1, 2, 4, 8];
 if (streamCounts.some((n) => !Number.isInteger(n) || n < 1 || n > 8)) throw new Error("--streams: a comma-separated list of 1..8, or none");
 
-const median = (xs: number[]) => {
-  const s = xs.filter(Number.isFinite).sort((a, b) => a - b);
-  if (!s.length) return NaN;
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-};
-
 /** A paired comparison: the median over rounds of f(a, b), with the smallest and largest. */
 interface Paired {
   median: number;
@@ -85,24 +78,6 @@ interface Paired {
   /** A 95% confidence interval of the median (order statistics, no assumption about the spread); NaN under 6 pairs. */
   ciLow: number;
   ciHigh: number;
-}
-
-/**
- * The distribution-free 95% interval of a median: the k-th smallest and k-th largest of n values,
- * k the largest with P(Binomial(n, 1/2) < k) <= 2.5% (n = 20: the 6th and 15th; n = 10: the 2nd and 9th).
- */
-function medianInterval(sorted: number[]): [number, number] {
-  const n = sorted.length;
-  let k = 0;
-  let below = 0; // P(X < k + 1) as k grows
-  let term = 0.5 ** n; // P(X = k)
-  for (let i = 0; i < n; i++) {
-    below += term;
-    if (below > 0.025) break;
-    k = i + 1;
-    term = (term * (n - i)) / (i + 1);
-  }
-  return k >= 1 ? [sorted[k - 1]!, sorted[n - k]!] : [NaN, NaN];
 }
 
 function paired<T>(pairs: Array<[T | undefined, T | undefined]>, f: (a: T, b: T) => number): Paired {

@@ -16,7 +16,7 @@
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { benchPrompt, envFrom, freePort, readSse, settlePageCache, waitForServer } from "./bench-prompt.ts";
+import { benchPrompt, envFrom, freePort, median, readSse, settlePageCache, waitForServer } from "./bench-prompt.ts";
 
 const ROOT = path.resolve(import.meta.dir, "..");
 const { values, positionals } = parseArgs({
@@ -50,11 +50,6 @@ async function generate(url: string, n: number, i: number): Promise<{ tps: numbe
   if (!timings) throw new Error("no timings in the stream");
   return { tps: timings.predicted_per_second, n: timings.predicted_n };
 }
-
-const median = (a: number[]) => {
-  const s = [...a].sort((x, y) => x - y);
-  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-};
 
 console.error(settlePageCache(model));
 const results = sides.map(() => [] as number[][]);

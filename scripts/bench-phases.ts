@@ -22,7 +22,7 @@
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { benchPrompt, envFrom, freePort, lines, readSse, settlePageCache, waitForServer } from "./bench-prompt.ts";
+import { benchPrompt, envFrom, freePort, lines, median, readSse, settlePageCache, waitForServer } from "./bench-prompt.ts";
 
 const ROOT = path.resolve(import.meta.dir, "..");
 const { values, positionals } = parseArgs({
@@ -115,12 +115,6 @@ async function round(side: Side): Promise<Round> {
   const last = Math.max(...all.map((s) => s.at(-1)!));
   return { tps: (all.reduce((a, s) => a + s.length, 0) * 1000) / end, promptMs, stepMs: (last - promptMs) / steps };
 }
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-};
 
 // Before any server maps the file (its cached pages cannot be dropped while mapped).
 const pageCache = settlePageCache(model);

@@ -1,4 +1,4 @@
-/** Shared by the benchmark scripts: the prompt, an SSE reader, the model file's page-cache state, the servers' ports, and a side's environment. */
+/** Shared by the benchmark scripts: the prompt, an SSE reader, the model file's page-cache state, the servers' ports, a side's environment, and medians with their confidence interval. */
 import { openSync, closeSync, readFileSync, readSync } from "node:fs";
 /** The benchmark prompt: a new first word per run, so the prompt is evaluated anew each time (no KV-cache reuse). */
 export function benchPrompt(i: number): string {
@@ -129,4 +129,31 @@ export function envFrom(spec: string, list: string): Record<string, string | und
     env[kv.slice(0, c)] = kv.slice(c + 1);
   }
   return env;
+}
+
+/** The median of the finite values (NaN if there are none). */
+export function median(xs: number[]): number {
+  const s = xs.filter(Number.isFinite).sort((a, b) => a - b);
+  if (!s.length) return NaN;
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+/**
+ * The distribution-free 95% interval of a median, from sorted values: the k-th smallest and k-th
+ * largest of n, k the largest with P(Binomial(n, 1/2) < k) <= 2.5% (n = 20: the 6th and 15th; n = 10:
+ * the 2nd and 9th). NaN for fewer than 6 values, where no such k exists.
+ */
+export function medianInterval(sorted: number[]): [number, number] {
+  const n = sorted.length;
+  let k = 0;
+  let below = 0; // P(X <= i) as i grows
+  let term = 0.5 ** n; // P(X = i)
+  for (let i = 0; i < n; i++) {
+    below += term;
+    if (below > 0.025) break;
+    k = i + 1;
+    term = (term * (n - i)) / (i + 1);
+  }
+  return k >= 1 ? [sorted[k - 1]!, sorted[n - k]!] : [NaN, NaN];
 }
