@@ -31,8 +31,6 @@ const EVERY_MS = 1000;
 
 let nice = 0;
 let last = -Infinity;
-/** Thread ids already lowered (a thread keeps its priority for its life). */
-const lowered = new Set<number>();
 
 /** Sets the nice value for the runtime's background threads (0 leaves them alone) and lowers those running now. */
 export function configureBackgroundThreads(value: number): void {
@@ -42,8 +40,11 @@ export function configureBackgroundThreads(value: number): void {
 }
 
 /**
- * Lowers the priority of background threads not seen before; returns how many it lowered. Cheap
- * (one directory listing and a small read per thread) and done at most once a second unless `force`.
+ * Lowers the priority of background threads that are not that low yet; returns how many it lowered.
+ * Each thread's name and nice value come from its /proc stat, so a thread id the kernel hands to a new
+ * thread is judged afresh, and a thread already lower (the whole process under `nice`) is left as it
+ * is. Cheap (one directory listing and a small read per thread) and done at most once a second
+ * unless `force`.
  */
 export function lowerBackgroundThreads(force = false): number {
   if (nice <= 0) return 0;
@@ -58,28 +59,24 @@ export function lowerBackgroundThreads(force = false): number {
     return 0;
   }
   for (const t of tids) {
-    const tid = Number(t);
-    if (lowered.has(tid)) continue;
-    let name: string;
+    let stat: string;
     try {
-      name = readFileSync(`/proc/self/task/${t}/comm`, "utf8").trimEnd();
+      stat = readFileSync(`/proc/self/task/${t}/stat`, "utf8");
     } catch {
       continue;
     }
-    if (!BACKGROUND.test(name)) continue;
-    lowered.add(tid);
+    // "tid (name) state ppid ...": the name may hold spaces or parentheses, so it ends at the last ")";
+    // the nice value is the 19th field, the 17th after the name.
+    const end = stat.lastIndexOf(")");
+    const name = stat.slice(stat.indexOf("(") + 1, end);
+    if (!BACKGROUND.test(name) || Number(stat.slice(end + 2).split(" ")[16]) >= nice) continue;
     try {
-      os.setPriority(tid, nice);
+      os.setPriority(Number(t), nice);
       n++;
     } catch (err) {
-      log.debug(`background threads: could not lower ${name} (${tid}): ${(err as Error).message}`);
+      log.debug(`background threads: could not lower ${name} (${t}): ${(err as Error).message}`);
     }
   }
   if (n) log.debug(`background threads: ${n} set to nice ${nice}`);
   return n;
-}
-
-/** The thread ids lowered so far (for tests). */
-export function loweredThreads(): number[] {
-  return [...lowered];
 }
